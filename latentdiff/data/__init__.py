@@ -1,0 +1,1 @@
+"""Captioned image data: ShapesWorld, folders, datasets, shards, safe decoding, caches."""

@@ -1,0 +1,146 @@
+"""Named model configurations, written as functions (as DiT's `DiT_XL_2()`), and a builder for whole pipelines.
+
+    >>> from latentdiff import build_pipeline
+    >>> pipe = build_pipeline("tiny", seed=0)       # random weights, offline, tokenizer included
+
+- `tiny`: a few hundred thousand parameters, for tests (builds in well under 2 s).
+- `small`: the architecture of our default model: a ~4M-parameter UNet on 16x16x4 latents, a VAE with
+  downsampling factor 4 for 64x64 images, a 4-layer CLIP text model over a small ShapesWorld BPE vocabulary.
+- `sd15`: exactly Stable Diffusion 1.5's UNet, VAE and CLIP ViT-L/14 text encoder (random weights), for GPU
+  benchmarks and fine-tuning code paths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from latentdiff.tokenizer import clip_tokenizer, shapes_tokenizer
+
+# The noise process of Stable Diffusion 1.x (Rombach et al. 2022): 1000 steps, "scaled linear" betas.
+SD_PROCESS: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+    "steps_offset": 1,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str  # what `build_pipeline` and the CLI call it
+    resolution: int  # the image size (pixels, square) the model is made for
+    unet: dict[str, Any]  # UNet2DConditionModel kwargs
+    vae: dict[str, Any]  # AutoencoderKL kwargs
+    text_encoder: dict[str, Any]  # CLIPTextConfig kwargs; vocab_size comes from the tokenizer
+    tokenizer: Callable[[], CLIPTokenizer]  # builds the tokenizer, offline
+    sampler: str = "dpm++2m"  # the named sampler (pipelines/samplers.py) the pipeline starts with
+    process: dict[str, Any] = field(default_factory=lambda: dict(SD_PROCESS))  # the trained noise process
+
+
+def _unet(blocks: tuple[int, ...], attention: tuple[bool, ...], **kw: Any) -> dict[str, Any]:
+    """UNet2DConditionModel kwargs with cross-attention in the levels marked True (top to bottom)."""
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
+    return dict(block_out_channels=blocks, down_block_types=down, up_block_types=up, in_channels=4, out_channels=4, **kw)
+
+
+def _vae(blocks: tuple[int, ...], **kw: Any) -> dict[str, Any]:
+    n = len(blocks)
+    return dict(block_out_channels=blocks, down_block_types=("DownEncoderBlock2D",) * n,
+                up_block_types=("UpDecoderBlock2D",) * n, in_channels=3, out_channels=3, latent_channels=4, **kw)
+
+
+def tiny() -> Preset:
+    """For tests: 16x16 images, 8x8x4 latents, a 2-layer 32-wide text encoder."""
+    return Preset(
+        name="tiny",
+        resolution=16,
+        unet=_unet((16, 32), (True, True), layers_per_block=1, sample_size=8, cross_attention_dim=32,
+                   attention_head_dim=4, norm_num_groups=8),
+        vae=_vae((8, 16), layers_per_block=1, norm_num_groups=8, sample_size=16),
+        text_encoder=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
+        tokenizer=shapes_tokenizer,
+    )
+
+
+def small() -> Preset:
+    """The default model's architecture: 64x64 images, 16x16x4 latents (VAE factor 4), ~3.8M-parameter UNet."""
+    return Preset(
+        name="small",
+        resolution=64,
+        unet=_unet((64, 96, 96), (True, True, False), layers_per_block=1, sample_size=16, cross_attention_dim=128,
+                   attention_head_dim=8, norm_num_groups=32),
+        vae=_vae((32, 64, 64), layers_per_block=1, norm_num_groups=32, sample_size=64),
+        text_encoder=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4),
+        tokenizer=shapes_tokenizer,
+    )
+
+
+def sd15() -> Preset:
+    """Stable Diffusion 1.5 exactly: UNet 859.5M, VAE 83.7M, CLIP ViT-L/14 text encoder 123.1M parameters."""
+    return Preset(
+        name="sd15",
+        resolution=512,
+        unet=_unet((320, 640, 1280, 1280), (True, True, True, False), layers_per_block=2, sample_size=64,
+                   cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32),
+        vae=_vae((128, 256, 512, 512), layers_per_block=2, norm_num_groups=32, sample_size=512,
+                 scaling_factor=0.18215),
+        text_encoder=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                          projection_dim=768, hidden_act="quick_gelu"),
+        tokenizer=clip_tokenizer,
+        sampler="pndm",
+    )
+
+
+# An explicit table, not a lookup in globals(): adding a preset means writing a function and a line here.
+PRESETS: dict[str, Callable[[], Preset]] = {"tiny": tiny, "small": small, "sd15": sd15}
+
+
+def get_preset(preset: str | Preset) -> Preset:
+    if isinstance(preset, Preset):
+        return preset
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}. Choose one of: {', '.join(PRESETS)}.")
+    return PRESETS[preset]()
+
+
+def build_components(preset: str | Preset, seed: int = 0) -> dict[str, Any]:
+    """The pipeline's components with random weights drawn from `seed`: vae, text_encoder, tokenizer, unet, scheduler."""
+    from latentdiff.pipelines.samplers import make_scheduler
+
+    p = get_preset(preset)
+    tokenizer = p.tokenizer()
+    text_config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **p.text_encoder,
+    )
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**p.unet)
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(**p.vae)
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(text_config)
+    scheduler = make_scheduler(p.sampler, p.process)
+    return dict(vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
+                scheduler=scheduler)
+
+
+def build_pipeline(preset: str | Preset = "tiny", seed: int = 0):
+    """A complete `LatentDiffusionPipeline` with random weights, built offline."""
+    from latentdiff.pipelines import LatentDiffusionPipeline
+
+    return LatentDiffusionPipeline(**build_components(preset, seed))
