@@ -1,6 +1,19 @@
 """latentdiff: text-to-image latent diffusion, native to the Hugging Face ecosystem."""
 
+import logging
+
 from latentdiff.version import __version__
+
+
+class _NoTorchvisionNotice(logging.Filter):
+    # diffusers imports transformers' CLIPImageProcessor (for SD's safety checker, which latentdiff never uses);
+    # without torchvision, transformers then warns that it falls back to the PIL processor. That is exactly
+    # right for us, and torchvision has no CPU build here, so drop this one notice and nothing else.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_NoTorchvisionNotice())
 
 __all__ = ["__version__", "LatentDiffusionPipeline", "build_pipeline"]
 

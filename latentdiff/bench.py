@@ -1,0 +1,97 @@
+"""Speed benchmarks against the stock diffusers path, on the same weights, in the same run.
+
+`latentdiff bench generate`: seconds per image of `LatentDiffusionPipeline` and of stock
+`diffusers.StableDiffusionPipeline` built from the very same component objects, timed alternately (so drift
+in the machine's speed hits both), with the ratio and a check that both drew the same image.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionPipeline
+
+
+@dataclass
+class GenerateBenchResult:
+    source: str  # the model that was timed
+    device: str  # where it ran
+    steps: int  # sampler steps
+    height: int  # image height in pixels
+    width: int  # image width in pixels
+    batch: int  # images per call
+    ours_s: float  # median seconds per image, LatentDiffusionPipeline
+    stock_s: float  # median seconds per image, stock StableDiffusionPipeline
+    max_abs_diff: float  # largest pixel difference between the two pipelines' images (np output, [0, 1])
+    ours_peak_mb: float | None  # peak accelerator memory (CUDA only)
+    stock_peak_mb: float | None
+
+    @property
+    def speedup(self) -> float:
+        """Stock time over ours: > 1 means ours is faster."""
+        return self.stock_s / self.ours_s
+
+    def table(self) -> str:
+        rows = [
+            f"model {self.source} on {self.device}: {self.height}x{self.width}, {self.steps} steps, batch {self.batch}",
+            f"{'pipeline':<34}{'s/image':>10}{'peak MB':>10}",
+            f"{'latentdiff LatentDiffusionPipeline':<34}{self.ours_s:>10.4f}{_mb(self.ours_peak_mb):>10}",
+            f"{'diffusers StableDiffusionPipeline':<34}{self.stock_s:>10.4f}{_mb(self.stock_peak_mb):>10}",
+            f"speed ratio (stock / ours): {self.speedup:.3f}x; max |difference| of images: {self.max_abs_diff:.2e}",
+        ]
+        return "\n".join(rows)
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def stock_pipeline(pipe) -> StableDiffusionPipeline:
+    """Stock StableDiffusionPipeline sharing `pipe`'s component objects (no copy of the weights)."""
+    stock = StableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                    unet=pipe.unet, scheduler=pipe.scheduler, safety_checker=None,
+                                    feature_extractor=None, requires_safety_checker=False)
+    stock.set_progress_bar_config(disable=True)
+    return stock
+
+
+def bench_generate(pipe, source: str, prompt: str = "a red circle above a blue square", steps: int = 20,
+                   height: int | None = None, width: int | None = None, batch: int = 1, guidance: float = 7.5,
+                   repeats: int = 5, seed: int = 0) -> GenerateBenchResult:
+    if repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {repeats}.")
+    pipe.set_progress_bar_config(disable=True)
+    stock = stock_pipeline(pipe)
+    device = pipe._execution_device
+    height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    kwargs = dict(num_inference_steps=steps, guidance_scale=guidance, height=height, width=width,
+                  num_images_per_prompt=batch, output_type="np")
+
+    def run(p) -> tuple[float, np.ndarray, float | None]:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        images = p(prompt, generator=torch.Generator(device).manual_seed(seed), **kwargs).images
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+        return (time.perf_counter() - start) / batch, images, peak
+
+    run(pipe), run(stock)  # warm-up: allocator, kernels, lazy imports
+    ours, theirs = [], []
+    for _ in range(repeats):  # alternate, so slow drift of the machine hits both equally
+        t, ours_images, ours_peak = run(pipe)
+        ours.append(t)
+        t, stock_images, stock_peak = run(stock)
+        theirs.append(t)
+    return GenerateBenchResult(
+        source=source, device=str(device), steps=steps, height=height, width=width, batch=batch,
+        ours_s=statistics.median(ours), stock_s=statistics.median(theirs),
+        max_abs_diff=float(np.abs(ours_images - stock_images).max()), ours_peak_mb=ours_peak, stock_peak_mb=stock_peak,
+    )

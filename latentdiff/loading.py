@@ -1,0 +1,75 @@
+"""Finding and loading a model: a local folder, a hub repo id, a preset, or the shipped default model."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL_ENV = "LATENTDIFF_DEFAULT_MODEL"
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def default_model_path() -> Path | None:
+    """The trained default model: $LATENTDIFF_DEFAULT_MODEL, else assets/shapes-tiny of this checkout, if present."""
+    candidates = [os.environ.get(DEFAULT_MODEL_ENV), Path(__file__).resolve().parents[1] / "assets" / "shapes-tiny"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "model_index.json").is_file():
+            return Path(candidate)
+    return None
+
+
+@dataclass
+class LoadedModel:
+    pipe: "LatentDiffusionPipeline"  # noqa: F821 (imported lazily)
+    source: str  # what was loaded: a folder, a repo id, or "preset:NAME (random weights)"
+    random_weights: bool  # True when no trained model was found and a random-weight preset stands in
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"Unknown device {device!r}: use cpu, cuda, cuda:N or auto.") from err
+
+
+def load_model(model: str | None = None, device: str | None = None, dtype: torch.dtype = torch.float32,
+               fallback_preset: str = "small") -> LoadedModel:
+    """Load `model` (folder, repo id or `preset:NAME`); with None, the default model or a random preset.
+
+    Raises ValueError with a message saying what to change when `model` is neither a pipeline folder nor a
+    repo id.
+    """
+    from latentdiff.pipelines import LatentDiffusionPipeline
+    from latentdiff.presets import PRESETS, build_pipeline
+
+    random_weights = False
+    if model is None:
+        path = default_model_path()
+        if path is None:
+            model, random_weights = f"preset:{fallback_preset}", True
+        else:
+            model = str(path)
+
+    if model.startswith("preset:"):
+        name = model.split(":", 1)[1]
+        if name not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r} in --model; choose one of: {', '.join(PRESETS)}.")
+        pipe, source, random_weights = build_pipeline(name), f"{model} (random weights)", True
+    elif Path(model).is_dir():
+        if not (Path(model) / "model_index.json").is_file():
+            raise ValueError(f"{model} is a folder but not a pipeline folder (it has no model_index.json).")
+        pipe, source = LatentDiffusionPipeline.from_pretrained(model), model
+    elif REPO_ID.match(model) and not Path(model).exists():
+        pipe, source = LatentDiffusionPipeline.from_pretrained(model), model
+    else:
+        raise ValueError(
+            f"Model {model!r} not found: pass a pipeline folder (with model_index.json), a hub repo id such as "
+            "user/name, or preset:NAME."
+        )
+    return LoadedModel(pipe=pipe.to(resolve_device(device), dtype), source=source, random_weights=random_weights)

@@ -1,0 +1,29 @@
+import pytest
+import torch
+
+
+@pytest.fixture
+def tiny_pipe():
+    """A fresh tiny-preset pipeline (random weights, seed 0) on CPU, progress bars off."""
+    from latentdiff import build_pipeline
+
+    pipe = build_pipeline("tiny", seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def gen():
+    """gen(seed) -> a CPU torch.Generator seeded with `seed`."""
+    return lambda seed=0: torch.Generator("cpu").manual_seed(seed)
+
+
+@pytest.fixture
+def report(capsys):
+    """report(text): print straight to the terminal, past pytest's capture (numbers CI logs should show)."""
+
+    def _report(text: str) -> None:
+        with capsys.disabled():
+            print(f"\n[report] {text}")
+
+    return _report
