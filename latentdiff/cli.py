@@ -60,9 +60,9 @@ def _run_generate(args) -> None:
     if not args.output.lower().endswith(".png"):
         raise ValueError(f"-o must name a .png file, got {args.output!r}.")
     loaded = load_model(args.model, device=args.device)
-    if loaded.random_weights:
-        print(f"note: generating with {loaded.source}: no trained model was given or shipped, so the image is "
-              "noise-like. Pass --model DIR to use a trained one.", file=sys.stderr)
+    if args.model is None and loaded.random_weights:
+        print(f"note: generating with {loaded.source}: no trained default model is shipped yet, so the image is "
+              "noise-like. Pass --model DIR_OR_REPO_ID to use a trained one.", file=sys.stderr)
     request = GenerationRequest(prompt=args.prompt, negative_prompt=args.negative, sampler=args.sampler,
                                 steps=args.steps, guidance=args.guidance, seed=args.seed,
                                 num_images=args.num_images, height=args.height, width=args.width)
@@ -107,9 +107,20 @@ def _run_bench_generate(args) -> None:
             json.dump(asdict(result) | {"speedup": result.speedup}, f, indent=2)
 
 
+# ---------------------------------------------------------------------------------------------- shapes
+def _add_shapes(sub) -> None:
+    from latentdiff.data import shapes
+
+    p = sub.add_parser("shapes", help="write a ShapesWorld dataset (captioned procedural scenes)",
+                       description="Write a seeded ShapesWorld dataset as a Hugging Face imagefolder: images, "
+                                   "metadata.jsonl (caption + scene spec) and a README that states the splits.")
+    shapes.add_arguments(p)
+    p.set_defaults(func=shapes.run)
+
+
 # ---------------------------------------------------------------------------------------------- main
 _SAMPLERS: list[str] = []
-COMMANDS: list[Callable] = [_add_generate, _add_bench]
+COMMANDS: list[Callable] = [_add_generate, _add_bench, _add_shapes]
 
 
 def build_parser() -> Parser:

@@ -38,7 +38,7 @@ def resolve_device(device: str | None) -> torch.device:
         raise ValueError(f"Unknown device {device!r}: use cpu, cuda, cuda:N or auto.") from err
 
 
-def load_model(model: str | None = None, device: str | None = None, dtype: torch.dtype = torch.float32,
+def load_model(model: str | None = None, device: str | None = None, dtype: torch.dtype | None = None,
                fallback_preset: str = "small") -> LoadedModel:
     """Load `model` (folder, repo id or `preset:NAME`); with None, the default model or a random preset.
 
@@ -72,4 +72,5 @@ def load_model(model: str | None = None, device: str | None = None, dtype: torch
             f"Model {model!r} not found: pass a pipeline folder (with model_index.json), a hub repo id such as "
             "user/name, or preset:NAME."
         )
-    return LoadedModel(pipe=pipe.to(resolve_device(device), dtype), source=source, random_weights=random_weights)
+    pipe = pipe.to(resolve_device(device)) if dtype is None else pipe.to(resolve_device(device), dtype)
+    return LoadedModel(pipe=pipe, source=source, random_weights=random_weights)

@@ -84,9 +84,10 @@ class LatentDiffusionPipeline(
         Pickle files (.bin/.ckpt/.pt) can run arbitrary code when loaded, so a folder whose weights exist only in
         that form is refused. Remote code is never trusted unless `trust_remote_code=True` is passed.
         """
-        use_safetensors = kwargs.setdefault("use_safetensors", True)
+        # Only an explicit False opts in to pickle; None (diffusers' "whatever is there") counts as the default.
+        allow_pickle = kwargs.pop("use_safetensors", True) is False
         path = os.fspath(pretrained_model_name_or_path)
-        if use_safetensors and os.path.isdir(path):
+        if not allow_pickle and os.path.isdir(path):
             pickled = pickle_only_components(path)
             if pickled:
                 raise ValueError(
@@ -94,10 +95,13 @@ class LatentDiffusionPipeline(
                     "arbitrary code when loaded. Convert them to safetensors, or pass use_safetensors=False to "
                     "load them anyway if you trust their source."
                 )
+        # With the opt-in, ask diffusers for safetensors where a component has them and pickle elsewhere (None):
+        # its False would also refuse the safetensors that transformers 5 always writes for the text encoder.
+        kwargs["use_safetensors"] = None if allow_pickle else True
         try:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except OSError as err:
-            if use_safetensors and "safetensors" in str(err):
+            if not allow_pickle and "safetensors" in str(err):
                 raise ValueError(
                     f"{path}: no safetensors weights found ({err}). Pass use_safetensors=False to load pickle "
                     "weights if you trust their source."
@@ -385,8 +389,8 @@ class LatentDiffusionPipeline(
         callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
 
         # 0. Default height and width from the UNet
-        height = height or self.unet.config.sample_size * self.vae_scale_factor
-        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        height = self.unet.config.sample_size * self.vae_scale_factor if height is None else height
+        width = self.unet.config.sample_size * self.vae_scale_factor if width is None else width
 
         # 1. Check inputs
         self.check_inputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, height, width,

@@ -67,7 +67,8 @@ def test_bad_use_prints_one_line_and_fails(argv, message, capsys, tmp_path, monk
 def test_console_script_version_and_help():
     version = subprocess.run([sys.executable, "-m", "latentdiff.cli", "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.strip() == f"latentdiff {__version__}"
-    for argv in (["--help"], ["generate", "--help"], ["bench", "--help"], ["bench", "generate", "--help"]):
+    for argv in (["--help"], ["generate", "--help"], ["bench", "--help"], ["bench", "generate", "--help"],
+                 ["shapes", "--help"]):
         with pytest.raises(SystemExit) as exit_:
             main(argv)
         assert exit_.value.code == 0
@@ -83,3 +84,13 @@ def test_readme_command_writes_a_64x64_png(tmp_path):
     assert result.stdout.strip() == "x.png"
     with Image.open(tmp_path / "x.png") as image:
         assert image.format == "PNG" and image.size == (64, 64)
+
+
+def test_shapes_command_writes_an_imagefolder(tmp_path, capsys):
+    out = tmp_path / "shapes"
+    assert main(["shapes", "--out", str(out), "--n", "6", "--size", "32", "--seed", "3", "--no-progress"]) == 0
+    lines = (out / "metadata.jsonl").read_text().splitlines()
+    assert len(lines) == 6 and (out / "README.md").is_file()
+    assert main(["shapes", "--out", str(out), "--n", "6", "--no-progress"]) == 1  # refuses to overwrite
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "overwrite" in err

