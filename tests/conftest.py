@@ -1,3 +1,6 @@
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -27,3 +30,8 @@ def report(capsys):
             print(f"\n[report] {text}")
 
     return _report
+
+
+# Shared test helpers (tests/messy.py) are imported as plain modules: pytest runs in importlib mode, which
+# does not put tests/ on sys.path by itself.
+sys.path.insert(0, str(Path(__file__).parent))

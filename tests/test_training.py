@@ -1,0 +1,202 @@
+"""Training: typed configs, atomic checkpoints, the loss, and short real runs of train_text_to_image on CPU."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from diffusers import DDPMScheduler, StableDiffusionPipeline
+from safetensors.torch import load_file
+
+from latentdiff import build_pipeline
+from latentdiff.data.shapes import write_dataset
+from latentdiff.presets import SD_PROCESS
+from latentdiff.training import train_text_to_image
+from latentdiff.training.checkpoint import PARTIAL, checkpoint_dirs, latest_checkpoint, save_checkpoint
+from latentdiff.training.config import build_parser, parse_config
+from latentdiff.training.losses import add_noise, diffusion_loss
+from latentdiff.training.train_text_to_image import TextToImageConfig
+
+from messy import expected_counts, make_messy  # tests/messy.py
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+@pytest.fixture(scope="module")
+def shapes16(tmp_path_factory):
+    """24 ShapesWorld images of 16x16 and a random tiny-preset VAE folder."""
+    root = tmp_path_factory.mktemp("t2i")
+    write_dataset(root / "data", n=24, size=16, seed=0, progress=False)
+    build_pipeline("tiny").vae.save_pretrained(root / "vae")
+    return root
+
+
+def train(root: Path, out: Path, *extra: str) -> Path:
+    argv = ["--preset", "tiny", "--vae", str(root / "vae"), "--train-data", str(root / "data"), "--resolution", "16",
+            "--batch-size", "8", "--output-dir", str(out), "--lr-warmup-steps", "1", "--validation-every", "1000",
+            "--validation-steps", "2", "--validation-prompts", "a red circle", "two blue squares", *extra]
+    train_text_to_image.main(argv)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ config
+def test_config_precedence_yaml_then_flags(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train_data: data\nvae: v\nmax_steps: 50\nlearning_rate: 0.001\nsnr_gamma: null\n")
+    cfg = parse_config(TextToImageConfig, ["--config", str(recipe), "--max-steps", "7", "--use-ema", "false"])
+    assert cfg.max_steps == 7 and cfg.learning_rate == 0.001 and cfg.snr_gamma is None and cfg.use_ema is False
+    assert cfg.batch_size == 32 and cfg.train_text_encoder is True  # default; from scratch trains the text encoder
+
+
+def test_config_errors_say_what_to_change(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train_data: data\nvae: v\nmax_step: 50\n")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['max_step'\]"):
+        parse_config(TextToImageConfig, ["--config", str(recipe)])
+    with pytest.raises(ValueError, match="needs a trained VAE"):
+        parse_config(TextToImageConfig, ["--train-data", "d"])
+    with pytest.raises(ValueError, match="--prediction-type must be"):
+        parse_config(TextToImageConfig, ["--train-data", "d", "--vae", "v", "--prediction-type", "x0"])
+
+
+def test_every_field_is_a_flag_with_its_comment():
+    text = build_parser(TextToImageConfig).format_help()
+    for flag in ("--preset", "--pretrained", "--vae", "--train-data", "--output-dir", "--resolution", "--batch-size",
+                 "--max-steps", "--learning-rate", "--checkpoint-every", "--resume", "--lora-rank",
+                 "--validation-every", "--seed"):
+        assert flag in text
+    assert "min-SNR-gamma loss weighting" in text
+
+
+# ------------------------------------------------------------------------------------------------ loss
+def test_targets_and_min_snr_weights():
+    torch.manual_seed(0)
+    latents = torch.randn(4, 4, 8, 8)
+    v_sched = DDPMScheduler.from_config(SD_PROCESS, prediction_type="v_prediction")
+    g = torch.Generator().manual_seed(1)
+    batch = add_noise(v_sched, latents, generator=g)
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(latents.shape, generator=g)
+    t = torch.randint(0, 1000, (4,), generator=g)
+    torch.testing.assert_close(batch.target, v_sched.get_velocity(latents, noise, t))
+
+    eps_sched = DDPMScheduler.from_config(SD_PROCESS)
+    eps = add_noise(eps_sched, latents, generator=torch.Generator().manual_seed(2))
+    pred = torch.zeros_like(latents)
+    plain = diffusion_loss(pred, eps, eps_sched)
+    weighted = diffusion_loss(pred, eps, eps_sched, snr_gamma=5.0)
+    abar = eps_sched.alphas_cumprod[eps.timesteps]
+    snr = abar / (1 - abar)
+    torch.testing.assert_close(weighted, plain * torch.clamp(snr, max=5.0) / snr)
+    assert plain.shape == (4,)
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def test_checkpoints_are_atomic_and_pruned(tmp_path):
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(torch.nn.Linear(2, 2))
+    for step in (10, 20, 30):
+        save_checkpoint(accelerator, tmp_path, step, keep=2)
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["checkpoint-0000020", "checkpoint-0000030"]
+    # a save killed half-way leaves a partial folder: never chosen, removed by the next save
+    partial = tmp_path / "checkpoints" / f"{PARTIAL}0000040"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half")
+    assert latest_checkpoint(tmp_path).name == "checkpoint-0000030"
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    save_checkpoint(accelerator, tmp_path, 40, keep=2)
+    assert not partial.exists() and latest_checkpoint(tmp_path).name == "checkpoint-0000040"
+
+
+# ------------------------------------------------------------------------------------------------ real runs
+def unet_weights(out: Path) -> dict:
+    return load_file(out / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(shapes16, tmp_path):
+    # 24 images / batch 8 = 3 steps an epoch: 5 steps cross an epoch boundary, with EMA and a text encoder
+    straight = train(shapes16, tmp_path / "straight", "--max-steps", "5", "--checkpoint-every", "10")
+    sliced = tmp_path / "sliced"
+    train(shapes16, sliced, "--max-steps", "5", "--checkpoint-every", "10", "--stop-after", "2")
+    assert not (sliced / "pipeline").exists() and latest_checkpoint(sliced).name == "checkpoint-0000002"
+    AcceleratorState._reset_state(True)
+    train(shapes16, sliced, "--max-steps", "5", "--checkpoint-every", "10", "--resume", "latest")
+    a, b = unet_weights(straight), unet_weights(sliced)
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= 1e-6, worst
+    text_a = load_file(straight / "pipeline" / "text_encoder" / "model.safetensors")
+    text_b = load_file(sliced / "pipeline" / "text_encoder" / "model.safetensors")
+    assert max(float((text_a[k] - text_b[k]).abs().max()) for k in text_a) <= 1e-6
+
+
+def test_output_loads_in_stock_diffusers_and_lora_fine_tune(shapes16, tmp_path):
+    out = train(shapes16, tmp_path / "base", "--max-steps", "2", "--validation-every", "2")
+    assert (out / "samples" / "step-0000002.png").is_file()
+    stock = StableDiffusionPipeline.from_pretrained(out / "pipeline", safety_checker=None)
+    stock.set_progress_bar_config(disable=True)
+    base = stock("a red circle", num_inference_steps=2, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images
+
+    AcceleratorState._reset_state(True)
+    lora = tmp_path / "lora"
+    train_text_to_image.main(["--pretrained", str(out / "pipeline"), "--train-data", str(shapes16 / "data"),
+                              "--resolution", "16", "--batch-size", "8", "--max-steps", "2", "--lora-rank", "4",
+                              "--learning-rate", "0.05", "--output-dir", str(lora), "--validation-every", "100",
+                              "--validation-steps", "2"])
+    assert (lora / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    stock.load_lora_weights(lora / "lora")
+    tuned = stock("a red circle", num_inference_steps=2, output_type="np",
+                  generator=torch.Generator().manual_seed(0)).images
+    assert np.abs(tuned - base).max() > 1e-4
+
+
+def test_broken_files_of_every_kind_train_to_the_end(tmp_path, capsys):
+    root = make_messy(tmp_path)
+    build_pipeline("tiny").vae.save_pretrained(tmp_path / "vae")
+    out = tmp_path / "run"
+    train_text_to_image.main(["--preset", "tiny", "--vae", str(tmp_path / "vae"), "--train-data", str(root),
+                              "--resolution", "32", "--batch-size", "4", "--max-steps", "12",
+                              "--output-dir", str(out), "--validation-every", "100", "--validation-steps", "1",
+                              "--missing-caption", "skip", "--min-size", "skip", "--outside-root", "skip"])
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["steps"] == 12
+    counts = {k: v for k, v in summary["skipped_files"].items() if v}
+    assert counts == expected_counts()
+    assert "skipped 10 files" in capsys.readouterr().out
+
+
+def test_two_processes_on_cpu(shapes16, tmp_path, report):
+    """ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 (gloo): same weights, disjoint data."""
+    data = tmp_path / "data32"
+    write_dataset(data, n=32, size=16, seed=3, progress=False)
+    out = tmp_path / "ddp"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m",
+           "latentdiff.training.train_text_to_image", "--preset", "tiny", "--vae", str(shapes16 / "vae"),
+           "--train-data", str(data), "--resolution", "16", "--batch-size", "4", "--max-steps", "3",
+           "--output-dir", str(out), "--validation-every", "100", "--validation-steps", "1", "--use-ema", "false"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((out / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    report(f"2-process CPU run: rank 0 saw {len(ranks[0]['samples'])} samples, rank 1 saw "
+           f"{len(ranks[1]['samples'])}, overlap {len(set(ranks[0]['samples']) & set(ranks[1]['samples']))}; "
+           f"UNet sha256 rank 0 {ranks[0]['unet_sha256'][:16]}, rank 1 {ranks[1]['unet_sha256'][:16]}")
+    assert len(ranks[0]["samples"]) == len(ranks[1]["samples"]) == 3 * 4
+    assert not set(ranks[0]["samples"]) & set(ranks[1]["samples"])
+    assert ranks[0]["unet_sha256"] == ranks[1]["unet_sha256"]
+    assert (out / "pipeline" / "model_index.json").is_file()

@@ -1,0 +1,96 @@
+"""Checkpoints through `accelerator.save_state`, written so that a kill during a save never breaks the latest.
+
+Layout under `output_dir/checkpoints/`:
+    checkpoint-0000100/      complete: model(s), optimizer, LR schedule, EMA, RNG states, `progress.json`
+    .partial-0000200/        being written; never read, removed by the next save
+
+A checkpoint is written into a `.partial-*` folder and renamed to `checkpoint-*` only when every process has
+finished writing; a rename within one filesystem is atomic, so `latest_checkpoint` only ever sees complete ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+
+PREFIX = "checkpoint-"
+PARTIAL = ".partial-"
+PROGRESS = "progress.json"  # {"step": int, ...}: the training position the state belongs to
+
+
+def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / PROGRESS).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    dirs = checkpoint_dirs(output_dir)
+    return dirs[-1] if dirs else None
+
+
+def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
+    """`--resume latest` -> the newest complete checkpoint (None if there is none yet); a path -> that path."""
+    if resume in (None, "", "none"):
+        return None
+    if resume == "latest":
+        return latest_checkpoint(output_dir)
+    path = Path(resume)
+    if not (path / PROGRESS).is_file():
+        raise ValueError(f"--resume {resume}: not a complete checkpoint folder (no {PROGRESS}); use 'latest' or a "
+                         f"folder under {Path(output_dir) / 'checkpoints'}.")
+    return path
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, keep: int,
+                    extra: dict[str, Any] | None = None) -> Path:
+    """Save the full training state at `step` atomically and keep only the newest `keep` checkpoints.
+
+    Every process must call this (accelerate writes per-process RNG states).
+    """
+    root = Path(output_dir) / "checkpoints"
+    final = root / f"{PREFIX}{step:07d}"
+    partial = root / f"{PARTIAL}{step:07d}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(PARTIAL + "*"):  # left by a run killed mid-save
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (partial / PROGRESS).write_text(json.dumps({"step": step, **(extra or {})}))
+        for f in partial.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as handle:
+                    os.fsync(handle.fileno())
+        if final.exists():  # the same step saved by an earlier run: replace it
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        _fsync_dir(root)
+        for old in checkpoint_dirs(output_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path) -> dict[str, Any]:
+    """Restore the state saved by `save_checkpoint`; returns its progress record ({"step": ...})."""
+    accelerator.load_state(str(path))
+    return json.loads((path / PROGRESS).read_text())

@@ -1,0 +1,355 @@
+"""Train a text-to-image latent diffusion model with accelerate: from scratch, full fine-tune, or LoRA.
+
+    accelerate launch -m latentdiff.training.train_text_to_image --config training/recipes/shapes-tiny.yaml
+
+From scratch (`--preset small --vae out/vae-shapes/vae`): the UNet and the CLIP text encoder are trained
+jointly on a frozen VAE, as the original LDM text-to-image model trained its text transformer jointly
+(Rombach et al. 2022, sec. 4.3.1). Fine-tuning (`--pretrained DIR`): the full UNet (optionally the text
+encoder), or LoRA adapters through peft (`--lora-rank R`; Hu et al. 2022), saved as
+`pytorch_lora_weights.safetensors` in the diffusers format `load_lora_weights` reads.
+
+One linear loop: data -> (cached) VAE latents -> noise -> UNet -> per-sample loss -> backward -> EMA ->
+logs, sample grids, checkpoints. Everything else lives in the modules it calls.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from latentdiff.data.cache import LatentCache
+from latentdiff.data.dataset import DataConfig, build_dataloader, set_epoch
+from latentdiff.pipelines import LatentDiffusionPipeline, make_scheduler
+from latentdiff.presets import build_components, get_preset
+from latentdiff.training.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from latentdiff.training.config import parse_config, save_config
+from latentdiff.training.losses import add_noise, diffusion_loss
+from latentdiff.training.validation import log_image, sample_grid
+
+
+@dataclass
+class TextToImageConfig:
+    """Train a text-to-image latent diffusion model (UNet + CLIP text encoder on a frozen VAE)."""
+
+    train_data: str  # captioned images: imagefolder / sidecar folder / datasets folder / .tar shards
+    output_dir: str = "out/text-to-image"  # checkpoints, samples, logs, and the final pipeline folder
+    preset: str = "small"  # architecture when training from scratch (latentdiff/presets.py)
+    pretrained: str | None = None  # pipeline folder or hub id to fine-tune (instead of --preset)
+    vae: str | None = None  # trained VAE folder (train_vae's output/vae); required from scratch
+    resolution: int = 64  # square training crops (pixels); with --bucketing the pixel budget is resolution**2
+    caption_column: str = "text"  # caption column of metadata.jsonl / the datasets dataset
+    bucketing: bool = False  # aspect-ratio buckets instead of square centre crops
+    missing_caption: str = "error"  # an image without caption: "error", "empty" (train on "") or "skip"
+    min_size: str = "upscale"  # an image smaller than the resolution: "upscale" or "skip"
+    outside_root: str = "error"  # a metadata file_name outside the data folder: "error" or "skip"
+    batch_size: int = 32  # images per step per process
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    max_steps: int = 10000  # optimizer steps
+    learning_rate: float = 5e-4  # AdamW peak learning rate
+    lr_scheduler: str = "cosine"  # diffusers.optimization schedule: constant, constant_with_warmup, cosine, ...
+    lr_warmup_steps: int = 500  # linear warm-up steps
+    weight_decay: float = 1e-2  # AdamW weight decay
+    adam_8bit: bool = False  # bitsandbytes 8-bit AdamW (GPU only)
+    max_grad_norm: float = 1.0  # gradient clipping
+    train_text_encoder: bool | None = None  # train the text encoder too; default: yes from scratch, no otherwise
+    lora_rank: int = 0  # > 0: train LoRA adapters of this rank on the UNet's attention instead of all weights
+    prediction_type: str = "epsilon"  # "epsilon" or "v_prediction"
+    snr_gamma: float | None = 5.0  # min-SNR-gamma loss weighting (None: plain MSE)
+    noise_offset: float = 0.0  # offset-noise strength
+    caption_dropout: float = 0.1  # probability of training on the empty caption (for classifier-free guidance)
+    use_ema: bool = True  # keep an exponential moving average of the UNet; the final pipeline uses it
+    ema_decay: float = 0.999  # EMA decay (with warm-up)
+    gradient_checkpointing: bool = False  # trade compute for memory
+    mixed_precision: str = "no"  # "no", "fp16" or "bf16" (GPU; CPU runs fp32)
+    cache_latents: bool = True  # cache the frozen VAE's latent distributions on disk (output_dir/cache)
+    cache_dir: str | None = None  # where the latent cache lives (default: output_dir/cache)
+    checkpoint_every: int = 1000  # steps between checkpoints
+    keep_checkpoints: int = 2  # checkpoints kept (oldest removed)
+    resume: str | None = None  # "latest" or a checkpoint folder
+    stop_after: int | None = None  # end this invocation after this many steps (a time slot); resume to go on
+    validation_every: int = 1000  # steps between sample grids
+    validation_prompts: list[str] = field(default_factory=lambda: [
+        "a red circle", "two blue squares", "a green triangle to the left of a yellow star",
+        "a purple cross above an orange diamond"])  # prompts of the sample grid
+    validation_steps: int = 20  # sampler steps for the grid (DPM-Solver++ 2M)
+    validation_guidance: float = 4.0  # guidance scale for the grid
+    max_bad_steps: int = 10  # this many non-finite losses in a row stop the run
+    num_workers: int = 0  # DataLoader workers
+    seed: int = 0  # seeds weights, data order, noise and the validation grid
+
+    def __post_init__(self):
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"--prediction-type must be epsilon or v_prediction, got {self.prediction_type!r}.")
+        for name in ("batch_size", "max_steps", "checkpoint_every", "validation_every", "gradient_accumulation_steps",
+                     "max_bad_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
+        if not 0.0 <= self.caption_dropout <= 1.0:
+            raise ValueError(f"--caption-dropout must be in [0, 1], got {self.caption_dropout}.")
+        if self.lora_rank < 0:
+            raise ValueError(f"--lora-rank must be >= 0, got {self.lora_rank}.")
+        if self.pretrained is None and self.vae is None:
+            raise ValueError("Training from scratch needs a trained VAE: pass --vae DIR (train_vae's output/vae), "
+                             "or --pretrained DIR to fine-tune a pipeline.")
+        if self.lora_rank and self.pretrained is None:
+            raise ValueError("--lora-rank needs --pretrained DIR: LoRA adapts a trained model.")
+        if self.train_text_encoder is None:
+            self.train_text_encoder = self.pretrained is None
+
+
+def load_models(cfg: TextToImageConfig) -> dict:
+    """vae, text_encoder, tokenizer, unet and the noise process (a DDPMScheduler) for this run."""
+    if cfg.pretrained is not None:
+        parts = LatentDiffusionPipeline.from_pretrained(cfg.pretrained).components
+        process = dict(parts["scheduler"].config)
+    else:
+        parts = build_components(cfg.preset, seed=cfg.seed)
+        process = get_preset(cfg.preset).process
+    if cfg.vae is not None:
+        parts["vae"] = AutoencoderKL.from_pretrained(cfg.vae, use_safetensors=True)
+    parts["noise_scheduler"] = DDPMScheduler.from_config(process, prediction_type=cfg.prediction_type)
+    return parts
+
+
+def add_lora(unet: UNet2DConditionModel, rank: int) -> None:
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+
+
+def save_outputs(cfg: TextToImageConfig, parts: dict, unet, text_encoder, out: Path) -> Path:
+    """The final diffusers folder (pipeline, or LoRA weights), loadable by stock diffusers."""
+    if cfg.lora_rank:
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        target = out / "lora"
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+        LatentDiffusionPipeline.save_lora_weights(target, unet_lora_layers=layers, safe_serialization=True)
+        return target
+    scheduler = make_scheduler("dpm++2m", dict(parts["noise_scheduler"].config))
+    pipe = LatentDiffusionPipeline(vae=parts["vae"], text_encoder=text_encoder, tokenizer=parts["tokenizer"],
+                                   unet=unet, scheduler=scheduler)
+    target = out / "pipeline"
+    pipe.save_pretrained(target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(TextToImageConfig, argv, prog="train_text_to_image")
+    out = Path(cfg.output_dir)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out),
+                              gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    set_seed(cfg.seed)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "training_config.json")
+        accelerator.init_trackers("train_text_to_image")
+
+    # 1. Models: frozen VAE; trained UNet (or its LoRA) and, optionally, text encoder
+    parts = load_models(cfg)
+    vae, text_encoder, tokenizer, unet = parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["unet"]
+    noise_scheduler = parts["noise_scheduler"]
+    vae.requires_grad_(False).eval()
+    text_encoder.requires_grad_(cfg.train_text_encoder)
+    if cfg.lora_rank:
+        add_lora(unet, cfg.lora_rank)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if cfg.train_text_encoder:
+            text_encoder.gradient_checkpointing_enable()
+    frozen_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    vae.to(accelerator.device, frozen_dtype)
+    if not cfg.train_text_encoder:
+        text_encoder.to(accelerator.device, frozen_dtype)
+    ema = None
+    if cfg.use_ema and not cfg.lora_rank:
+        ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, model_cls=UNet2DConditionModel,
+                       model_config=unet.config)
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+
+    # 2. Optimizer and learning-rate schedule over the trained parameters
+    params = [p for p in unet.parameters() if p.requires_grad]
+    if cfg.train_text_encoder:
+        params += list(text_encoder.parameters())
+    if cfg.adam_8bit:
+        try:
+            import bitsandbytes as bnb
+        except ImportError as err:
+            raise ValueError("--adam-8bit needs bitsandbytes and a CUDA GPU: pip install bitsandbytes") from err
+        optimizer = bnb.optim.AdamW8bit(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    lr_schedule = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                                num_training_steps=cfg.max_steps)
+    if cfg.train_text_encoder:
+        unet, text_encoder, optimizer, lr_schedule = accelerator.prepare(unet, text_encoder, optimizer, lr_schedule)
+    else:
+        unet, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
+
+    # 3. Data: this rank's shard; VAE latents from the on-disk cache where possible
+    data = DataConfig(train_data=cfg.train_data, resolution=cfg.resolution, seed=cfg.seed,
+                      caption_column=cfg.caption_column, bucketing=cfg.bucketing, missing_caption=cfg.missing_caption,
+                      min_size=cfg.min_size, outside_root=cfg.outside_root)
+    loader = build_dataloader(data, cfg.batch_size, num_workers=cfg.num_workers, drop_last=True,
+                              rank=accelerator.process_index, world_size=accelerator.num_processes)
+    cache = None
+    if cfg.cache_latents:
+        cache = LatentCache(cfg.cache_dir or out / "cache", vae, data.transform_config(), data.bucket_config())
+    micro_per_epoch = len(loader)
+    if micro_per_epoch < cfg.gradient_accumulation_steps:
+        raise ValueError(f"{cfg.train_data}: fewer images than one optimizer step needs per process "
+                         f"({cfg.batch_size} x {cfg.gradient_accumulation_steps}).")
+
+    # 4. Resume: model, optimizer, EMA, LR schedule and RNG states; the data position follows from the step
+    step = 0
+    checkpoint = resolve_resume(cfg.resume, out)
+    if checkpoint is not None:
+        step = load_checkpoint(accelerator, checkpoint)["step"]
+        accelerator.print(f"resumed from {checkpoint} at step {step}")
+
+    # 5. Training loop
+    steps_per_epoch = micro_per_epoch // cfg.gradient_accumulation_steps
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not accelerator.is_main_process)
+    start, images_seen, bad_in_a_row, bad_total = time.perf_counter(), 0, 0, 0
+    seen: list[str] = []  # names of the samples this rank trained on (this invocation), for the rank report
+    while step < cfg.max_steps:
+        epoch, done = divmod(step, steps_per_epoch)
+        set_epoch(loader, epoch)
+        skip = done * cfg.gradient_accumulation_steps  # micro-batches already trained on in this epoch
+        for i, batch in enumerate(loader):
+            if i < skip:
+                continue
+            if i >= steps_per_epoch * cfg.gradient_accumulation_steps:
+                break  # a partial accumulation at the end of the epoch
+            loader.dataset.skips.update(batch["skipped"])  # broken files ride along in batches (data/dataset.py)
+            if accelerator.reduce(torch.tensor(float(len(batch["keys"]) == 0), device=accelerator.device)) > 0:
+                continue  # a batch of broken files only, on some rank: all ranks move on together
+            seen += batch["names"]
+            with accelerator.accumulate(unet):
+                x = batch["pixel_values"].to(accelerator.device, frozen_dtype)  # (B, 3, H, W)
+                with torch.no_grad():
+                    dist = cache.latent_dist(x, batch["keys"]) if cache else vae.encode(x).latent_dist
+                    latents = dist.sample().float() * vae.config.scaling_factor  # (B, 4, h, w)
+                captions = [("" if float(r) < cfg.caption_dropout else c)
+                            for c, r in zip(batch["captions"], torch.rand(len(x)))]
+                ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt").input_ids.to(accelerator.device)  # (B, 77)
+                with torch.set_grad_enabled(cfg.train_text_encoder):
+                    text = text_encoder(ids)[0]  # (B, 77, D)
+                noised = add_noise(noise_scheduler, latents, cfg.noise_offset)
+                pred = unet(noised.noisy, noised.timesteps, text).sample  # (B, 4, h, w)
+                loss = diffusion_loss(pred, noised, noise_scheduler, cfg.snr_gamma)  # (B,)
+
+                # A non-finite loss on any rank skips the step on every rank (so DDP's all-reduce stays in step).
+                bad = accelerator.reduce(torch.tensor(float(not torch.isfinite(loss).all()),
+                                                      device=accelerator.device), "sum").item() > 0
+                if bad:
+                    optimizer.zero_grad(set_to_none=True)
+                    bad_in_a_row, bad_total = bad_in_a_row + 1, bad_total + 1
+                    if bad_in_a_row >= cfg.max_bad_steps:
+                        raise RuntimeError(f"{bad_in_a_row} non-finite losses in a row at step {step}: lower "
+                                           "--learning-rate, check the data, or resume from an earlier checkpoint.")
+                    continue
+                bad_in_a_row = 0
+                accelerator.backward(loss.mean())
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                lr_schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+
+            # one optimizer step done
+            step += 1
+            if ema is not None:
+                ema.step(unet.parameters())
+            images_seen += len(x) * accelerator.num_processes * cfg.gradient_accumulation_steps
+            logs = {"loss": loss.mean().item(), "lr": lr_schedule.get_last_lr()[0],
+                    "images_per_s": images_seen / (time.perf_counter() - start), "bad_steps": bad_total}
+            accelerator.log(logs, step=step)
+            bar.update()
+            bar.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{logs['images_per_s']:.1f}")
+
+            if step % cfg.validation_every == 0 or step == cfg.max_steps:
+                validate(cfg, accelerator, parts, unet, text_encoder, ema, out, step)
+            if step % cfg.checkpoint_every == 0 or step in (cfg.max_steps, cfg.stop_after):
+                save_checkpoint(accelerator, out, step, cfg.keep_checkpoints)
+            if step >= cfg.max_steps or (cfg.stop_after is not None and step >= cfg.stop_after):
+                break
+        if cfg.stop_after is not None and step >= cfg.stop_after and step < cfg.max_steps:
+            accelerator.print(f"stopping at step {step} (--stop-after); go on with --resume latest")
+            accelerator.end_training()
+            return
+    bar.close()
+
+    # 6. The final folder: the EMA weights of the UNet where EMA is on
+    write_rank_report(out, accelerator, seen, accelerator.unwrap_model(unet))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final_unet = accelerator.unwrap_model(unet)
+        if ema is not None:
+            ema.copy_to(final_unet.parameters())
+        target = save_outputs(cfg, parts, final_unet, accelerator.unwrap_model(text_encoder), out)
+        summary = {"steps": step, "seconds": time.perf_counter() - start, "non_finite_steps_skipped": bad_total,
+                   "processes": accelerator.num_processes, "device": str(accelerator.device),
+                   "skipped_files": loader.dataset.skips.counts,
+                   "latent_cache": None if cache is None else {"hits": cache.hits, "misses": cache.misses}}
+        (out / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        accelerator.print(loader.dataset.skips.summary())
+        accelerator.print(f"wrote {target}")
+    accelerator.end_training()
+
+
+def write_rank_report(out: Path, accelerator, seen: list[str], unet) -> None:
+    """ranks/rank-N.json: the samples this process trained on and a checksum of its final UNet weights, so
+    that a multi-process run can be checked for disjoint data and identical parameters."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(unet.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    report = {"rank": accelerator.process_index, "samples": seen, "unet_sha256": digest.hexdigest()}
+    (out / "ranks").mkdir(parents=True, exist_ok=True)
+    (out / "ranks" / f"rank-{accelerator.process_index}.json").write_text(json.dumps(report) + "\n")
+
+
+@torch.no_grad()
+def validate(cfg, accelerator, parts, unet, text_encoder, ema, out: Path, step: int) -> None:
+    """The sample grid of the fixed prompts and seeds, with the EMA weights where EMA is on."""
+    if not accelerator.is_main_process:
+        return
+    model = accelerator.unwrap_model(unet)
+    if ema is not None:
+        ema.store(model.parameters())
+        ema.copy_to(model.parameters())
+    pipe = LatentDiffusionPipeline(vae=parts["vae"], text_encoder=accelerator.unwrap_model(text_encoder),
+                                   tokenizer=parts["tokenizer"], unet=model,
+                                   scheduler=make_scheduler("dpm++2m", dict(parts["noise_scheduler"].config)))
+    was_training = model.training, pipe.text_encoder.training
+    model.eval(), pipe.text_encoder.eval()
+    grid = sample_grid(pipe, cfg.validation_prompts, cfg.seed, cfg.validation_steps, cfg.validation_guidance,
+                       out / "samples" / f"step-{step:07d}.png")
+    model.train(was_training[0]), pipe.text_encoder.train(was_training[1])
+    if ema is not None:
+        ema.restore(model.parameters())
+    log_image(accelerator, "validation", grid, step)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Validation samples during training: fixed prompts and seeds, drawn into one PNG grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from latentdiff.images import make_grid
+
+
+@torch.no_grad()
+def sample_grid(pipe, prompts: list[str], seed: int, steps: int, guidance: float, out: Path) -> Image.Image:
+    """One image per prompt, prompt i drawn with seed + i, tiled row by row; saved to `out`."""
+    device = pipe._execution_device
+    pipe.set_progress_bar_config(disable=True)
+    generators = [torch.Generator(device).manual_seed(seed + i) for i in range(len(prompts))]
+    images = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators).images
+    grid = make_grid(images, cols=min(len(images), 8))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out)
+    return grid
+
+
+def log_image(accelerator, tag: str, image: Image.Image, step: int) -> None:
+    """Send a PIL image to the tensorboard tracker, if there is one."""
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image(tag, np.asarray(image), step, dataformats="HWC")
