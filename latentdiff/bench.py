@@ -95,3 +95,58 @@ def bench_generate(pipe, source: str, prompt: str = "a red circle above a blue s
         ours_s=statistics.median(ours), stock_s=statistics.median(theirs),
         max_abs_diff=float(np.abs(ours_images - stock_images).max()), ours_peak_mb=ours_peak, stock_peak_mb=stock_peak,
     )
+
+
+# ---------------------------------------------------------------------------------------------- training
+@dataclass
+class TrainBenchResult:
+    ours: dict  # training_summary.json of the run with cached VAE latents and text embeddings
+    baseline: dict  # the same run encoding with the VAE and the text encoder at every step
+    batch_size: int  # images per step
+    steps: int  # timed optimizer steps per run
+
+    @property
+    def speedup(self) -> float:
+        return self.ours["images_per_s"] / self.baseline["images_per_s"]
+
+    def table(self) -> str:
+        rows = [f"{self.steps} steps of {self.batch_size} images, fine-tuning the UNet (frozen VAE and text encoder)",
+                f"{'run':<46}{'steps/s':>9}{'images/s':>10}"]
+        for name, summary in (("latentdiff: cached latents + text embeddings", self.ours),
+                              ("baseline: VAE + text encode every step", self.baseline)):
+            rows.append(f"{name:<46}{summary['steps_per_s']:>9.3f}{summary['images_per_s']:>10.2f}")
+        rows.append(f"images/s ratio (ours / baseline): {self.speedup:.2f}x")
+        return "\n".join(rows)
+
+
+def bench_train(train_data: str, out_dir: str, model: str | None = None, preset: str = "small",
+                resolution: int = 64, batch_size: int = 32, steps: int = 20, seed: int = 0) -> TrainBenchResult:
+    """Images/s of train_text_to_image with its on-disk caches against the per-step work of diffusers'
+    examples/text_to_image/train_text_to_image.py (VAE encode and text encode every step), same model, batch
+    and data, in one process. The caches are filled by an untimed first pass, as a second epoch would find them."""
+    import json
+    from pathlib import Path
+
+    from accelerate.state import AcceleratorState
+
+    from latentdiff.presets import build_pipeline
+    from latentdiff.training import train_text_to_image
+
+    out = Path(out_dir)
+    if model is None:  # a folder to fine-tune, as the diffusers example does
+        model = str(out / "base")
+        build_pipeline(preset, seed=seed).save_pretrained(model)
+    common = ["--pretrained", model, "--train-data", train_data, "--resolution", str(resolution), "--batch-size",
+              str(batch_size), "--use-ema", "false", "--validation-every", str(10 * steps + 10), "--validation-steps",
+              "1", "--validation-prompts", "a red circle", "--checkpoint-every", str(10 * steps + 10), "--seed",
+              str(seed), "--lr-warmup-steps", "0", "--cache-dir", str(out / "cache"), "--max-steps", str(steps)]
+
+    def run(name: str, *extra: str) -> dict:
+        AcceleratorState._reset_state(True)
+        train_text_to_image.main([*common, "--output-dir", str(out / name), *extra])
+        return json.loads((out / name / "training_summary.json").read_text())
+
+    run("warm-cache")  # fills the latent and text caches for the images the timed runs will see
+    ours = run("ours")
+    baseline = run("baseline", "--cache-latents", "false", "--cache-text", "false")
+    return TrainBenchResult(ours=ours, baseline=baseline, batch_size=batch_size, steps=steps)

@@ -27,7 +27,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from latentdiff.data.cache import LatentCache
+from latentdiff.data.cache import LatentCache, TextEmbeddingCache
 from latentdiff.data.dataset import DataConfig, build_dataloader, set_epoch
 from latentdiff.pipelines import LatentDiffusionPipeline, make_scheduler
 from latentdiff.presets import build_components, get_preset
@@ -71,8 +71,9 @@ class TextToImageConfig:
     ema_decay: float = 0.999  # EMA decay (with warm-up)
     gradient_checkpointing: bool = False  # trade compute for memory
     mixed_precision: str = "no"  # "no", "fp16" or "bf16" (GPU; CPU runs fp32)
-    cache_latents: bool = True  # cache the frozen VAE's latent distributions on disk (output_dir/cache)
-    cache_dir: str | None = None  # where the latent cache lives (default: output_dir/cache)
+    cache_latents: bool = True  # cache the frozen VAE's latent distributions on disk
+    cache_text: bool = True  # cache the text embeddings on disk when the text encoder is frozen
+    cache_dir: str | None = None  # where the caches live (default: output_dir/cache)
     checkpoint_every: int = 1000  # steps between checkpoints
     keep_checkpoints: int = 2  # checkpoints kept (oldest removed)
     resume: str | None = None  # "latest" or a checkpoint folder
@@ -206,9 +207,11 @@ def main(argv: list[str] | None = None) -> None:
                       min_size=cfg.min_size, outside_root=cfg.outside_root)
     loader = build_dataloader(data, cfg.batch_size, num_workers=cfg.num_workers, drop_last=True,
                               rank=accelerator.process_index, world_size=accelerator.num_processes)
-    cache = None
-    if cfg.cache_latents:
-        cache = LatentCache(cfg.cache_dir or out / "cache", vae, data.transform_config(), data.bucket_config())
+    cache_root = Path(cfg.cache_dir or out / "cache")
+    cache = LatentCache(cache_root, vae, data.transform_config(), data.bucket_config()) if cfg.cache_latents else None
+    text_cache = None
+    if cfg.cache_text and not cfg.train_text_encoder:
+        text_cache = TextEmbeddingCache(cache_root, text_encoder, tokenizer)
     micro_per_epoch = len(loader)
     if micro_per_epoch < cfg.gradient_accumulation_steps:
         raise ValueError(f"{cfg.train_data}: fewer images than one optimizer step needs per process "
@@ -223,8 +226,9 @@ def main(argv: list[str] | None = None) -> None:
 
     # 5. Training loop
     steps_per_epoch = micro_per_epoch // cfg.gradient_accumulation_steps
+    first_step = step
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not accelerator.is_main_process)
-    start, images_seen, bad_in_a_row, bad_total = time.perf_counter(), 0, 0, 0
+    start, paused, images_seen, bad_in_a_row, bad_total = time.perf_counter(), 0.0, 0, 0, 0
     seen: list[str] = []  # names of the samples this rank trained on (this invocation), for the rank report
     while step < cfg.max_steps:
         epoch, done = divmod(step, steps_per_epoch)
@@ -246,10 +250,13 @@ def main(argv: list[str] | None = None) -> None:
                     latents = dist.sample().float() * vae.config.scaling_factor  # (B, 4, h, w)
                 captions = [("" if float(r) < cfg.caption_dropout else c)
                             for c, r in zip(batch["captions"], torch.rand(len(x)))]
-                ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt").input_ids.to(accelerator.device)  # (B, 77)
-                with torch.set_grad_enabled(cfg.train_text_encoder):
-                    text = text_encoder(ids)[0]  # (B, 77, D)
+                if text_cache is not None:
+                    text = text_cache.encode(captions, accelerator.device)  # (B, 77, D)
+                else:
+                    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                                    truncation=True, return_tensors="pt").input_ids.to(accelerator.device)  # (B, 77)
+                    with torch.set_grad_enabled(cfg.train_text_encoder):
+                        text = text_encoder(ids)[0]  # (B, 77, D)
                 noised = add_noise(noise_scheduler, latents, cfg.noise_offset)
                 pred = unet(noised.noisy, noised.timesteps, text).sample  # (B, 4, h, w)
                 loss = diffusion_loss(pred, noised, noise_scheduler, cfg.snr_gamma)  # (B,)
@@ -280,15 +287,17 @@ def main(argv: list[str] | None = None) -> None:
                 ema.step(unet.parameters())
             images_seen += len(x) * accelerator.num_processes * cfg.gradient_accumulation_steps
             logs = {"loss": loss.mean().item(), "lr": lr_schedule.get_last_lr()[0],
-                    "images_per_s": images_seen / (time.perf_counter() - start), "bad_steps": bad_total}
+                    "images_per_s": images_seen / (time.perf_counter() - start - paused), "bad_steps": bad_total}
             accelerator.log(logs, step=step)
             bar.update()
             bar.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{logs['images_per_s']:.1f}")
 
+            pause = time.perf_counter()  # validation and checkpoints are not training throughput
             if step % cfg.validation_every == 0 or step == cfg.max_steps:
                 validate(cfg, accelerator, parts, unet, text_encoder, ema, out, step)
             if step % cfg.checkpoint_every == 0 or step in (cfg.max_steps, cfg.stop_after):
                 save_checkpoint(accelerator, out, step, cfg.keep_checkpoints)
+            paused += time.perf_counter() - pause
             if step >= cfg.max_steps or (cfg.stop_after is not None and step >= cfg.stop_after):
                 break
         if cfg.stop_after is not None and step >= cfg.stop_after and step < cfg.max_steps:
@@ -296,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
             accelerator.end_training()
             return
     bar.close()
+    train_seconds = time.perf_counter() - start - paused
 
     # 6. The final folder: the EMA weights of the UNet where EMA is on
     write_rank_report(out, accelerator, seen, accelerator.unwrap_model(unet))
@@ -308,7 +318,10 @@ def main(argv: list[str] | None = None) -> None:
         summary = {"steps": step, "seconds": time.perf_counter() - start, "non_finite_steps_skipped": bad_total,
                    "processes": accelerator.num_processes, "device": str(accelerator.device),
                    "skipped_files": loader.dataset.skips.counts,
-                   "latent_cache": None if cache is None else {"hits": cache.hits, "misses": cache.misses}}
+                   "train_seconds": train_seconds, "images_per_s": images_seen / train_seconds,
+                   "steps_per_s": (step - first_step) / train_seconds,
+                   "latent_cache": None if cache is None else {"hits": cache.hits, "misses": cache.misses},
+                   "text_cache": None if text_cache is None else {"hits": text_cache.hits, "misses": text_cache.misses}}
         (out / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         accelerator.print(loader.dataset.skips.summary())
         accelerator.print(f"wrote {target}")
