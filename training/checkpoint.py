@@ -94,3 +94,32 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> dict[str, Any]:
     """Restore the state saved by `save_checkpoint`; returns its progress record ({"step": ...})."""
     accelerator.load_state(str(path))
     return json.loads((path / PROGRESS).read_text())
+
+
+def batches_from(loader, epoch: int = 0, batch: int = 0, group: int = 1):
+    """Yield (epoch, index, batch) from position (epoch, batch) on, epoch after epoch, without end.
+
+    The position comes from a checkpoint's progress record, so a resumed run sees exactly the batches an
+    uninterrupted one would (the batches before it are drawn and dropped: data order is seeded per epoch). With a
+    map-style loader an epoch ends at a multiple of `group` batches (whole optimizer steps under gradient
+    accumulation); a streamed one (webdataset shards) ends where the stream does.
+    """
+    from latentdiff.data.dataset import set_epoch
+
+    while True:
+        set_epoch(loader, epoch)
+        try:
+            usable = len(loader) // group * group
+        except TypeError:  # a stream has no length
+            usable = None
+        yielded = False
+        for i, item in enumerate(loader):
+            if usable is not None and i >= usable:
+                break
+            if i >= batch:
+                yielded = True
+                yield epoch, i, item
+        if not yielded and batch == 0:
+            raise ValueError(f"The training data gives no full batch (of {group} micro-batches) in an epoch: use "
+                             "more images or a smaller --batch-size.")
+        epoch, batch = epoch + 1, 0

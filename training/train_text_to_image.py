@@ -28,10 +28,10 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from latentdiff.data.cache import LatentCache, TextEmbeddingCache
-from latentdiff.data.dataset import DataConfig, build_dataloader, set_epoch
+from latentdiff.data.dataset import DataConfig, build_dataloader
 from latentdiff.pipelines import LatentDiffusionPipeline, make_scheduler
 from latentdiff.presets import build_components, get_preset
-from latentdiff.training.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from latentdiff.training.checkpoint import batches_from, load_checkpoint, resolve_resume, save_checkpoint
 from latentdiff.training.config import parse_config, save_config
 from latentdiff.training.losses import add_noise, diffusion_loss
 from latentdiff.training.validation import log_image, sample_grid
@@ -212,98 +212,86 @@ def main(argv: list[str] | None = None) -> None:
     text_cache = None
     if cfg.cache_text and not cfg.train_text_encoder:
         text_cache = TextEmbeddingCache(cache_root, text_encoder, tokenizer)
-    micro_per_epoch = len(loader)
-    if micro_per_epoch < cfg.gradient_accumulation_steps:
-        raise ValueError(f"{cfg.train_data}: fewer images than one optimizer step needs per process "
-                         f"({cfg.batch_size} x {cfg.gradient_accumulation_steps}).")
-
     # 4. Resume: model, optimizer, EMA, LR schedule and RNG states; the data position follows from the step
-    step = 0
+    progress = {"step": 0, "epoch": 0, "batch": 0}
     checkpoint = resolve_resume(cfg.resume, out)
     if checkpoint is not None:
-        step = load_checkpoint(accelerator, checkpoint)["step"]
-        accelerator.print(f"resumed from {checkpoint} at step {step}")
+        progress |= load_checkpoint(accelerator, checkpoint)
+        accelerator.print(f"resumed from {checkpoint} at step {progress['step']}")
+    step = first_step = progress["step"]
 
     # 5. Training loop
-    steps_per_epoch = micro_per_epoch // cfg.gradient_accumulation_steps
-    first_step = step
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not accelerator.is_main_process)
     start, paused, images_seen, bad_in_a_row, bad_total = time.perf_counter(), 0.0, 0, 0, 0
     seen: list[str] = []  # names of the samples this rank trained on (this invocation), for the rank report
-    while step < cfg.max_steps:
-        epoch, done = divmod(step, steps_per_epoch)
-        set_epoch(loader, epoch)
-        skip = done * cfg.gradient_accumulation_steps  # micro-batches already trained on in this epoch
-        for i, batch in enumerate(loader):
-            if i < skip:
-                continue
-            if i >= steps_per_epoch * cfg.gradient_accumulation_steps:
-                break  # a partial accumulation at the end of the epoch
-            loader.dataset.skips.update(batch["skipped"])  # broken files ride along in batches (data/dataset.py)
-            if accelerator.reduce(torch.tensor(float(len(batch["keys"]) == 0), device=accelerator.device)) > 0:
-                continue  # a batch of broken files only, on some rank: all ranks move on together
-            seen += batch["names"]
-            with accelerator.accumulate(unet):
-                x = batch["pixel_values"].to(accelerator.device, frozen_dtype)  # (B, 3, H, W)
-                with torch.no_grad():
-                    dist = cache.latent_dist(x, batch["keys"]) if cache else vae.encode(x).latent_dist
-                    latents = dist.sample().float() * vae.config.scaling_factor  # (B, 4, h, w)
-                captions = [("" if float(r) < cfg.caption_dropout else c)
-                            for c, r in zip(batch["captions"], torch.rand(len(x)))]
-                if text_cache is not None:
-                    text = text_cache.encode(captions, accelerator.device)  # (B, 77, D)
-                else:
-                    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                                    truncation=True, return_tensors="pt").input_ids.to(accelerator.device)  # (B, 77)
-                    with torch.set_grad_enabled(cfg.train_text_encoder):
-                        text = text_encoder(ids)[0]  # (B, 77, D)
-                noised = add_noise(noise_scheduler, latents, cfg.noise_offset)
-                pred = unet(noised.noisy, noised.timesteps, text).sample  # (B, 4, h, w)
-                loss = diffusion_loss(pred, noised, noise_scheduler, cfg.snr_gamma)  # (B,)
+    batches = batches_from(loader, progress["epoch"], progress["batch"], cfg.gradient_accumulation_steps)
+    for epoch, i, batch in batches if step < cfg.max_steps else ():
+        loader.dataset.skips.update(batch["skipped"])  # broken files ride along in batches (data/dataset.py)
+        if accelerator.reduce(torch.tensor(float(len(batch["keys"]) == 0), device=accelerator.device)) > 0:
+            continue  # a batch of broken files only, on some rank: all ranks move on together
+        seen += batch["names"]
+        with accelerator.accumulate(unet):
+            x = batch["pixel_values"].to(accelerator.device, frozen_dtype)  # (B, 3, H, W)
+            with torch.no_grad():
+                dist = cache.latent_dist(x, batch["keys"]) if cache else vae.encode(x).latent_dist
+                latents = dist.sample().float() * vae.config.scaling_factor  # (B, 4, h, w)
+            captions = [("" if float(r) < cfg.caption_dropout else c)
+                        for c, r in zip(batch["captions"], torch.rand(len(x)))]
+            if text_cache is not None:
+                text = text_cache.encode(captions, accelerator.device)  # (B, 77, D)
+            else:
+                ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt").input_ids.to(accelerator.device)  # (B, 77)
+                with torch.set_grad_enabled(cfg.train_text_encoder):
+                    text = text_encoder(ids)[0]  # (B, 77, D)
+            noised = add_noise(noise_scheduler, latents, cfg.noise_offset)
+            pred = unet(noised.noisy, noised.timesteps, text).sample  # (B, 4, h, w)
+            loss = diffusion_loss(pred, noised, noise_scheduler, cfg.snr_gamma)  # (B,)
 
-                # A non-finite loss on any rank skips the step on every rank (so DDP's all-reduce stays in step).
-                bad = accelerator.reduce(torch.tensor(float(not torch.isfinite(loss).all()),
-                                                      device=accelerator.device), "sum").item() > 0
-                if bad:
-                    optimizer.zero_grad(set_to_none=True)
-                    bad_in_a_row, bad_total = bad_in_a_row + 1, bad_total + 1
-                    if bad_in_a_row >= cfg.max_bad_steps:
-                        raise RuntimeError(f"{bad_in_a_row} non-finite losses in a row at step {step}: lower "
-                                           "--learning-rate, check the data, or resume from an earlier checkpoint.")
-                    continue
-                bad_in_a_row = 0
-                accelerator.backward(loss.mean())
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                lr_schedule.step()
+            # A non-finite loss on any rank skips the step on every rank (so DDP's all-reduce stays in step).
+            bad = accelerator.reduce(torch.tensor(float(not torch.isfinite(loss).all()),
+                                                  device=accelerator.device), "sum").item() > 0
+            if bad:
                 optimizer.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
+                bad_in_a_row, bad_total = bad_in_a_row + 1, bad_total + 1
+                if bad_in_a_row >= cfg.max_bad_steps:
+                    raise RuntimeError(f"{bad_in_a_row} non-finite losses in a row at step {step}: lower "
+                                       "--learning-rate, check the data, or resume from an earlier checkpoint.")
                 continue
+            bad_in_a_row = 0
+            accelerator.backward(loss.mean())
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            lr_schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+        if not accelerator.sync_gradients:
+            continue
 
-            # one optimizer step done
-            step += 1
-            if ema is not None:
-                ema.step(unet.parameters())
-            images_seen += len(x) * accelerator.num_processes * cfg.gradient_accumulation_steps
-            logs = {"loss": loss.mean().item(), "lr": lr_schedule.get_last_lr()[0],
-                    "images_per_s": images_seen / (time.perf_counter() - start - paused), "bad_steps": bad_total}
-            accelerator.log(logs, step=step)
-            bar.update()
-            bar.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{logs['images_per_s']:.1f}")
+        # one optimizer step done
+        step += 1
+        if ema is not None:
+            ema.step(unet.parameters())
+        images_seen += len(x) * accelerator.num_processes * cfg.gradient_accumulation_steps
+        logs = {"loss": loss.mean().item(), "lr": lr_schedule.get_last_lr()[0],
+                "images_per_s": images_seen / (time.perf_counter() - start - paused), "bad_steps": bad_total}
+        accelerator.log(logs, step=step)
+        bar.update()
+        bar.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{logs['images_per_s']:.1f}")
 
-            pause = time.perf_counter()  # validation and checkpoints are not training throughput
-            if step % cfg.validation_every == 0 or step == cfg.max_steps:
-                validate(cfg, accelerator, parts, unet, text_encoder, ema, out, step)
-            if step % cfg.checkpoint_every == 0 or step in (cfg.max_steps, cfg.stop_after):
-                save_checkpoint(accelerator, out, step, cfg.keep_checkpoints)
-            paused += time.perf_counter() - pause
-            if step >= cfg.max_steps or (cfg.stop_after is not None and step >= cfg.stop_after):
-                break
+        pause = time.perf_counter()  # validation and checkpoints are not training throughput
+        if step % cfg.validation_every == 0 or step == cfg.max_steps:
+            validate(cfg, accelerator, parts, unet, text_encoder, ema, out, step)
+        if step % cfg.checkpoint_every == 0 or step in (cfg.max_steps, cfg.stop_after):
+            # the position of the next batch, so that a resumed run continues with exactly that batch
+            save_checkpoint(accelerator, out, step, cfg.keep_checkpoints, extra={"epoch": epoch, "batch": i + 1})
+        paused += time.perf_counter() - pause
         if cfg.stop_after is not None and step >= cfg.stop_after and step < cfg.max_steps:
             accelerator.print(f"stopping at step {step} (--stop-after); go on with --resume latest")
             accelerator.end_training()
             return
+        if step >= cfg.max_steps:
+            break
     bar.close()
     train_seconds = time.perf_counter() - start - paused
 

@@ -24,10 +24,10 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from latentdiff.data.dataset import DataConfig, build_dataloader, set_epoch
+from latentdiff.data.dataset import DataConfig, build_dataloader
 from latentdiff.images import make_grid
 from latentdiff.presets import get_preset
-from latentdiff.training.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from latentdiff.training.checkpoint import batches_from, load_checkpoint, resolve_resume, save_checkpoint
 from latentdiff.training.config import parse_config, save_config
 
 
@@ -113,58 +113,51 @@ def main(argv: list[str] | None = None) -> None:
         if n >= cfg.val_images:
             break
 
-    # 3. Resume
-    step = 0
+    # 3. Resume: model, optimizer, LR schedule and RNG states; the data position from the progress record
+    progress = {"step": 0, "epoch": 0, "batch": 0}
     checkpoint = resolve_resume(cfg.resume, out)
     if checkpoint is not None:
-        step = load_checkpoint(accelerator, checkpoint)["step"]
-        accelerator.print(f"resumed from {checkpoint} at step {step}")
-    steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
-        raise ValueError(f"{cfg.train_data}: fewer images than one batch of {cfg.batch_size} per process.")
+        progress |= load_checkpoint(accelerator, checkpoint)
+        accelerator.print(f"resumed from {checkpoint} at step {progress['step']}")
+    step = progress["step"]
 
     # 4. Training loop
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train_vae", disable=not accelerator.is_main_process)
     start, images_seen, last_psnr = time.perf_counter(), 0, float("nan")
-    while step < cfg.max_steps:
-        epoch, skip = divmod(step, steps_per_epoch)
-        set_epoch(loader, epoch)
-        for i, batch in enumerate(loader):
-            if i < skip:  # the batches this epoch already trained on before the checkpoint
-                continue
-            loader.dataset.skips.update(batch["skipped"])  # broken files ride along in batches (data/dataset.py)
-            if accelerator.reduce(torch.tensor(float(len(batch["keys"]) == 0), device=accelerator.device)) > 0:
-                continue  # a batch of broken files only, on some rank: all ranks move on together
-            x = batch["pixel_values"].to(accelerator.device)  # (B, 3, H, W) in [-1, 1]
-            posterior = vae.encode(x).latent_dist
-            rec = vae.decode(posterior.sample()).sample
-            loss = (rec.float() - x.float()).pow(2).mean(dim=(1, 2, 3)) + cfg.kl_weight * posterior.kl()  # (B,)
-            accelerator.backward(loss.mean())
-            accelerator.clip_grad_norm_(vae.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            lr_schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            images_seen += len(x) * accelerator.num_processes
-            bar.update()
-            logs = {"loss": loss.mean().item(), "lr": lr_schedule.get_last_lr()[0],
-                    "images_per_s": images_seen / (time.perf_counter() - start)}
-            bar.set_postfix(loss=f"{logs['loss']:.4f}", psnr=f"{last_psnr:.1f}")
-            accelerator.log(logs, step=step)
+    for epoch, i, batch in batches_from(loader, progress["epoch"], progress["batch"]) if step < cfg.max_steps else ():
+        loader.dataset.skips.update(batch["skipped"])  # broken files ride along in batches (data/dataset.py)
+        if accelerator.reduce(torch.tensor(float(len(batch["keys"]) == 0), device=accelerator.device)) > 0:
+            continue  # a batch of broken files only, on some rank: all ranks move on together
+        x = batch["pixel_values"].to(accelerator.device)  # (B, 3, H, W) in [-1, 1]
+        posterior = vae.encode(x).latent_dist
+        rec = vae.decode(posterior.sample()).sample
+        loss = (rec.float() - x.float()).pow(2).mean(dim=(1, 2, 3)) + cfg.kl_weight * posterior.kl()  # (B,)
+        accelerator.backward(loss.mean())
+        accelerator.clip_grad_norm_(vae.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        lr_schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        images_seen += len(x) * accelerator.num_processes
+        bar.update()
+        logs = {"loss": loss.mean().item(), "lr": lr_schedule.get_last_lr()[0],
+                "images_per_s": images_seen / (time.perf_counter() - start)}
+        bar.set_postfix(loss=f"{logs['loss']:.4f}", psnr=f"{last_psnr:.1f}")
+        accelerator.log(logs, step=step)
 
-            if step % cfg.validation_every == 0 or step == cfg.max_steps:
-                model = accelerator.unwrap_model(vae).eval()
-                last_psnr, _, originals, recs = evaluate(model, val_batches)
-                model.train()
-                if accelerator.is_main_process:
-                    pictures = VaeImageProcessor().postprocess(torch.cat([originals, recs]), output_type="pil")
-                    grid = make_grid(pictures, cols=len(originals))
-                    grid.save(out / "samples" / f"recon-{step:07d}.png")
-                    accelerator.log({"val_psnr": last_psnr}, step=step)
-            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-                save_checkpoint(accelerator, out, step, cfg.keep_checkpoints)
-            if step >= cfg.max_steps:
-                break
+        if step % cfg.validation_every == 0 or step == cfg.max_steps:
+            model = accelerator.unwrap_model(vae).eval()
+            last_psnr, _, originals, recs = evaluate(model, val_batches)
+            model.train()
+            if accelerator.is_main_process:
+                pictures = VaeImageProcessor().postprocess(torch.cat([originals, recs]), output_type="pil")
+                grid = make_grid(pictures, cols=len(originals))
+                grid.save(out / "samples" / f"recon-{step:07d}.png")
+                accelerator.log({"val_psnr": last_psnr}, step=step)
+        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+            save_checkpoint(accelerator, out, step, cfg.keep_checkpoints, extra={"epoch": epoch, "batch": i + 1})
+        if step >= cfg.max_steps:
+            break
     bar.close()
 
     # 5. Scaling factor and the final folder
