@@ -37,20 +37,56 @@ def _positive_int(text: str) -> int:
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate images from a prompt", description=(
         "Generate images from a prompt and write PNGs that carry their generation parameters. Without --model "
-        "it uses the shipped default model, or, where none exists yet, the random-weight `small` preset."))
-    p.add_argument("prompt", help="what to draw")
+        "it uses the shipped default model, or, where none exists yet, the random-weight `small` preset. "
+        "--from IMAGE.png makes an image again from the parameters it carries; flags given with it override them."))
+    p.add_argument("prompt", nargs="?", help="what to draw (optional with --from)")
+    p.add_argument("--from", dest="from_image", metavar="IMAGE.png",
+                   help="take every parameter from a PNG written by latentdiff generate or serve")
     p.add_argument("--model", help="pipeline folder, hub repo id (user/name), or preset:NAME")
     p.add_argument("--sampler", choices=_SAMPLERS, metavar="NAME", help=f"one of: {', '.join(_SAMPLERS)}")
-    p.add_argument("--steps", type=_positive_int, default=20, help="sampler steps (default 20)")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; image i uses seed+i (default 0)")
-    p.add_argument("-n", "--num-images", type=_positive_int, default=1, help="number of images (default 1)")
+    # Defaults of None, filled from _GENERATE_DEFAULTS in _run_generate: so that --from can tell a flag given
+    # on the command line (which overrides the stored value) from one left at its default (which does not).
+    p.add_argument("--steps", type=_positive_int, help="sampler steps (default 20)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 7.5)")
+    p.add_argument("--seed", type=int, help="random seed; image i uses seed+i (default 0)")
+    p.add_argument("-n", "--num-images", type=_positive_int, help="number of images (default 1)")
     p.add_argument("--height", type=int, help="image height in pixels (default: the model's)")
     p.add_argument("--width", type=int, help="image width in pixels (default: the model's)")
-    p.add_argument("--negative", help="negative prompt: what to guide away from")
+    p.add_argument("--negative", dest="negative_prompt", help="negative prompt: what to guide away from")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("-o", "--output", default="latentdiff.png", help="output PNG (default latentdiff.png)")
     p.set_defaults(func=_run_generate)
+
+
+_GENERATE_DEFAULTS = {"steps": 20, "guidance": 7.5, "seed": 0, "num_images": 1}
+_REQUEST_FIELDS = ("prompt", "negative_prompt", "sampler", "steps", "guidance", "seed", "num_images", "height",
+                   "width")
+
+
+def _stored_parameters(image: str) -> dict:
+    """The generation parameters a PNG carries, or a ValueError saying it has none."""
+    from latentdiff.images import read_parameters
+
+    params = read_parameters(image)
+    if not params:
+        raise ValueError(f"{image} carries no latentdiff generation parameters (only PNGs written by "
+                         "`latentdiff generate` or `latentdiff serve` do; a grid image does not).")
+    return params
+
+
+def _from_image(image: str) -> dict:
+    """The stored parameters of `image` as generate's arguments."""
+    stored = _stored_parameters(image)
+    values = {k: stored[k] for k in _REQUEST_FIELDS if stored.get(k) is not None}
+    if values.get("sampler") not in _SAMPLERS:
+        # Made without --sampler: the value is the scheduler class the model folder itself sets, which the
+        # model loads with again.
+        values.pop("sampler", None)
+    if stored.get("model"):
+        # loading.load_model records a preset as "preset:NAME (random weights)"; presets are seeded, so the
+        # same preset name builds the same weights.
+        values["model"] = stored["model"].removesuffix(" (random weights)")
+    return values
 
 
 def _run_generate(args) -> None:
@@ -59,15 +95,70 @@ def _run_generate(args) -> None:
 
     if not args.output.lower().endswith(".png"):
         raise ValueError(f"-o must name a .png file, got {args.output!r}.")
-    loaded = load_model(args.model, device=args.device)
-    if args.model is None and loaded.random_weights:
+    given = {k: getattr(args, k) for k in (*_REQUEST_FIELDS, "model") if getattr(args, k) is not None}
+    values = _GENERATE_DEFAULTS | (_from_image(args.from_image) if args.from_image else {}) | given
+    if not values.get("prompt"):
+        raise ValueError("Give a prompt to draw, or --from IMAGE.png to make an image again.")
+    model = values.pop("model", None)
+    loaded = load_model(model, device=args.device)
+    if model is None and loaded.random_weights:
         print(f"note: generating with {loaded.source}: no trained default model is shipped yet, so the image is "
               "noise-like. Pass --model DIR_OR_REPO_ID to use a trained one.", file=sys.stderr)
-    request = GenerationRequest(prompt=args.prompt, negative_prompt=args.negative, sampler=args.sampler,
-                                steps=args.steps, guidance=args.guidance, seed=args.seed,
-                                num_images=args.num_images, height=args.height, width=args.width)
-    for path in generate_files(loaded, request, args.output):
+    for path in generate_files(loaded, GenerationRequest(**values), args.output):
         print(path)
+
+
+# ---------------------------------------------------------------------------------------------- info
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="print the generation parameters a PNG carries", description=(
+        "Print the generation parameters stored in a PNG by `latentdiff generate` or `latentdiff serve`; "
+        "`latentdiff generate --from IMAGE.png` makes the image again from them."))
+    p.add_argument("image", help="a PNG written by latentdiff")
+    p.add_argument("--json", action="store_true", help="print them as one JSON object")
+    p.set_defaults(func=_run_info)
+
+
+def _run_info(args) -> None:
+    params = _stored_parameters(args.image)
+    if args.json:
+        print(json.dumps(params, sort_keys=True))
+        return
+    known = (*_REQUEST_FIELDS, "model")
+    keys = [k for k in known if k in params] + sorted(set(params) - set(known))
+    pad = max(map(len, keys))
+    for key in keys:
+        value = params[key]
+        print(f"{key + ':':<{pad + 1}} {value if isinstance(value, str) else json.dumps(value)}")
+
+
+# ---------------------------------------------------------------------------------------------- serve
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="a web page to generate with (Gradio)", description=(
+        "Serve a web page to generate with: one model, a bounded queue, live progress, a Stop button, and PNGs "
+        "that carry their parameters. Needs the app extra: pip install -e \".[app]\"."))
+    p.add_argument("--model", help="pipeline folder, hub repo id (user/name), or preset:NAME (default: the default "
+                                   "model)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every network)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--queue-size", type=_positive_int, default=16,
+                   help="requests that may wait behind the running one; more are turned away (default 16)")
+    p.add_argument("--max-steps", type=_positive_int, default=100,
+                   help="most steps a request may ask for (default 100)")
+    p.add_argument("--max-images", type=_positive_int, default=4, help="most images per request (default 4)")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise ValueError('latentdiff serve needs Gradio: pip install -e ".[app]" (or pip install gradio).')
+    from latentdiff.app import Limits, serve
+
+    serve(args.model, host=args.host, port=args.port, device=args.device,
+          limits=Limits(max_steps=args.max_steps, max_images=args.max_images, queue_size=args.queue_size))
 
 
 # ---------------------------------------------------------------------------------------------- bench
@@ -88,6 +179,35 @@ def _add_bench(sub) -> None:
     g.add_argument("--device", default="auto")
     g.add_argument("--json", help="also write the result as JSON to this file")
     g.set_defaults(func=_run_bench_generate)
+    _add_bench_train(benches)
+
+
+def _add_bench_train(benches) -> None:
+    t = benches.add_parser("train", help="training images/s: cached encoders vs per-step encoding",
+                           description="Images/s of train_text_to_image with its latent and text-embedding caches "
+                                       "against the per-step work of diffusers' examples/text_to_image/"
+                                       "train_text_to_image.py (VAE and text encode every step): same model, batch "
+                                       "and data, in one run.")
+    t.add_argument("--train-data", required=True, help="captioned images (e.g. a `latentdiff shapes` folder)")
+    t.add_argument("--model", help="pipeline folder to fine-tune (default: a random-weight --preset)")
+    t.add_argument("--preset", default="small", help="preset when no --model is given (default small)")
+    t.add_argument("--resolution", type=_positive_int, default=64)
+    t.add_argument("--batch-size", type=_positive_int, default=32)
+    t.add_argument("--steps", type=_positive_int, default=20, help="timed optimizer steps per run")
+    t.add_argument("--out", default="out/bench-train", help="working folder for the runs and caches")
+    t.add_argument("--json", help="also write the result as JSON to this file")
+    t.set_defaults(func=_run_bench_train)
+
+
+def _run_bench_train(args) -> None:
+    from latentdiff.bench import bench_train
+
+    result = bench_train(args.train_data, args.out, model=args.model, preset=args.preset,
+                         resolution=args.resolution, batch_size=args.batch_size, steps=args.steps)
+    print(result.table())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"ours": result.ours, "baseline": result.baseline, "speedup": result.speedup}, f, indent=2)
 
 
 def _run_bench_generate(args) -> None:
@@ -118,9 +238,21 @@ def _add_shapes(sub) -> None:
     p.set_defaults(func=shapes.run)
 
 
+# ---------------------------------------------------------------------------------------------- push
+def _add_push(sub) -> None:
+    from latentdiff.hub import push
+
+    p = sub.add_parser("push", help="publish a model folder or LoRA to the Hugging Face Hub (with a model card)",
+                       description="Stage a model folder (safetensors weights, model card, sample grid, and code "
+                                   "where diffusers lacks it), check that stock diffusers loads it, and upload it. "
+                                   "The token comes from HF_TOKEN or `hf auth login`.")
+    push.add_arguments(p)
+    p.set_defaults(func=push.run)
+
+
 # ---------------------------------------------------------------------------------------------- main
 _SAMPLERS: list[str] = []
-COMMANDS: list[Callable] = [_add_generate, _add_bench, _add_shapes]
+COMMANDS: list[Callable] = [_add_generate, _add_bench, _add_shapes, _add_info, _add_serve, _add_push]
 
 
 def build_parser() -> Parser:
@@ -141,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)  # None or 0: success; a handler that reports its own failure returns non-zero
     except USER_ERRORS as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"latentdiff {args.command}: error: {message}", file=sys.stderr)
@@ -149,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("latentdiff: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":
