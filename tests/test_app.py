@@ -215,6 +215,7 @@ def test_serve_without_gradio_says_how_to_install_it(monkeypatch, capsys):
     assert len(err.splitlines()) == 1 and 'pip install -e ".[app]"' in err
 
 
+@pytest.mark.browser  # needs the app extra (Gradio), which .ci/run installs for the browser tests
 def test_page_is_queued_and_local(app, monkeypatch):
     """The Gradio page itself: a bounded queue, one generation at a time, no analytics, loopback by default."""
     gr = pytest.importorskip("gradio")
