@@ -114,8 +114,44 @@ class _EntryStore:
     def save(self, name: str, tensor: torch.Tensor) -> None:
         _atomic_save({self.tensor_name: tensor}, self.path(name), {"namespace": self.namespace, "name": name})
 
+    def fetch(self, names: Sequence[str], encode: Callable[[list[int]], torch.Tensor],
+              dtype: torch.dtype) -> list[torch.Tensor]:
+        """The entries `names`: read where stored; the missing ones computed by ONE call
+        `encode(missing_indices) -> (M, ...)`, stored in `dtype`, and counted as misses."""
+        found = [self.load(n) for n in names]
+        missing = [i for i, t in enumerate(found) if t is None]
+        self.hits += len(names) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            for i, tensor in zip(missing, encode(missing)):
+                found[i] = tensor.to(dtype)
+                self.save(names[i], found[i])
+        return found
 
-class LatentCache:
+
+class _CachedEncoder:
+    """What both caches share: an entry store and its counters."""
+
+    store: _EntryStore
+    encoder_calls: int
+
+    @property
+    def hits(self) -> int:
+        return self.store.hits
+
+    @property
+    def misses(self) -> int:
+        return self.store.misses
+
+    def _count_call(self, encode: Callable[[list[int]], torch.Tensor]) -> Callable[[list[int]], torch.Tensor]:
+        def counted(missing: list[int]) -> torch.Tensor:
+            self.encoder_calls += 1
+            return encode(missing)
+
+        return counted
+
+
+class LatentCache(_CachedEncoder):
     """Latent distributions of a frozen VAE on disk (see the module doc).
 
     `vae`: a diffusers AutoencoderKL (anything with .config and .encode(x).latent_dist.parameters).
@@ -146,14 +182,6 @@ class LatentCache:
         self.store = _EntryStore(root, self.namespace, info, "parameters")
         self.encoder_calls = 0
 
-    @property
-    def hits(self) -> int:
-        return self.store.hits
-
-    @property
-    def misses(self) -> int:
-        return self.store.misses
-
     def entry_name(self, key: str, size: tuple[int, int]) -> str:
         """The entry of the image with content hash `key` cropped to `size` (H, W)."""
         return f"{key}_{size[1]}x{size[0]}"
@@ -167,18 +195,12 @@ class LatentCache:
                              f" and {len(keys)} keys")
         size = tuple(pixel_values.shape[-2:])
         names = [self.entry_name(k, size) for k in keys]
-        found = [self.store.load(n) for n in names]
-        missing = [i for i, t in enumerate(found) if t is None]
-        self.store.hits += len(keys) - len(missing)
-        self.store.misses += len(missing)
-        if missing:
-            vae_dtype = next(self.vae.parameters()).dtype
-            x = pixel_values[missing].to(dtype=vae_dtype)  # (M, 3, H, W)
-            self.encoder_calls += 1
-            encoded = self.vae.encode(x).latent_dist.parameters  # (M, 2C, h, w)
-            for i, params in zip(missing, encoded):
-                found[i] = params.to(self.dtype)
-                self.store.save(names[i], found[i])
+        vae_dtype = next(self.vae.parameters()).dtype
+
+        def encode(missing: list[int]) -> torch.Tensor:  # (M, 3, H, W) -> (M, 2C, h, w)
+            return self.vae.encode(pixel_values[missing].to(dtype=vae_dtype)).latent_dist.parameters
+
+        found = self.store.fetch(names, self._count_call(encode), self.dtype)
         return torch.stack([t.to(pixel_values.device) for t in found])  # (B, 2C, h, w)
 
     def latent_dist(self, pixel_values: torch.Tensor, keys: Sequence[str]):
@@ -196,7 +218,7 @@ def _tokenizer_fingerprint(tokenizer: Any) -> str:
     return _hash(f"{type(tokenizer).__name__}|{tokenizer.model_max_length}|{tokenizer.padding_side}|{text}")
 
 
-class TextEmbeddingCache:
+class TextEmbeddingCache(_CachedEncoder):
     """Text-encoder outputs of captions on disk: `encode(captions)` -> (B, L, D), the first output of
     `text_encoder(input_ids)` for max_length-padded tokens (what the UNet's cross-attention takes).
 
@@ -222,14 +244,6 @@ class TextEmbeddingCache:
         self.store = _EntryStore(root, self.namespace, info, "hidden_states")
         self.encoder_calls = 0
 
-    @property
-    def hits(self) -> int:
-        return self.store.hits
-
-    @property
-    def misses(self) -> int:
-        return self.store.misses
-
     @torch.no_grad()
     def _encode(self, captions: list[str]) -> torch.Tensor:
         if self.encode_fn is not None:
@@ -242,16 +256,8 @@ class TextEmbeddingCache:
     def encode(self, captions: Sequence[str], device: torch.device | str | None = None) -> torch.Tensor:
         """(B, L, D) embeddings of the captions, cached by caption text."""
         names = [_hash(c) for c in captions]
-        found = [self.store.load(n) for n in names]
-        missing = [i for i, t in enumerate(found) if t is None]
-        self.store.hits += len(captions) - len(missing)
-        self.store.misses += len(missing)
-        if missing:
-            self.encoder_calls += 1
-            encoded = self._encode([captions[i] for i in missing])
-            for i, hidden in zip(missing, encoded):
-                found[i] = hidden.to(self.dtype)
-                self.store.save(names[i], found[i])
+        encode = self._count_call(lambda missing: self._encode([captions[i] for i in missing]))
+        found = self.store.fetch(names, encode, self.dtype)
         out = torch.stack([t.to("cpu") for t in found])
         encoder_dtype = next(self.text_encoder.parameters()).dtype
         return out.to(device=device or next(self.text_encoder.parameters()).device, dtype=encoder_dtype)
