@@ -238,6 +238,18 @@ def _add_shapes(sub) -> None:
     p.set_defaults(func=shapes.run)
 
 
+# ---------------------------------------------------------------------------------------------- eval
+def _add_eval(sub) -> None:
+    from latentdiff.eval import run
+
+    p = sub.add_parser("eval", help="score a model on a ShapesWorld prompt set (GenEval-style categories)",
+                       description="Generate images for every prompt of a prompt set, judge each against its "
+                                   "prompt's spec, print a table per category and overall (the mean of the "
+                                   "categories), and write JSON and a PNG grid with pass/fail frames.")
+    run.add_arguments(p)
+    p.set_defaults(func=run.run)
+
+
 # ---------------------------------------------------------------------------------------------- push
 def _add_push(sub) -> None:
     from latentdiff.hub import push
@@ -252,7 +264,7 @@ def _add_push(sub) -> None:
 
 # ---------------------------------------------------------------------------------------------- main
 _SAMPLERS: list[str] = []
-COMMANDS: list[Callable] = [_add_generate, _add_bench, _add_shapes, _add_info, _add_serve, _add_push]
+COMMANDS: list[Callable] = [_add_generate, _add_eval, _add_bench, _add_shapes, _add_info, _add_serve, _add_push]
 
 
 def build_parser() -> Parser:

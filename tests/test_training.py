@@ -143,6 +143,32 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(shapes16, tmp_path):
     assert max(float((text_a[k] - text_b[k]).abs().max()) for k in text_a) <= 1e-6
 
 
+def test_time_budget_finishes_the_run_and_summary_feeds_the_card(shapes16, tmp_path):
+    # a budget of ~0 minutes: the first step spends it; the run ends as at --max-steps, with its final folder
+    out = train(shapes16, tmp_path / "budget", "--max-steps", "50", "--time-budget-minutes", "0.0001")
+    summary = json.loads((out / "pipeline" / "training_summary.json").read_text())
+    assert summary["steps"] == 1 and summary["epochs"] == pytest.approx(8 / 24, abs=1e-3)
+    assert summary["wall_clock_seconds"] > 0 and summary["hardware"].startswith("CPU")
+    assert json.loads((out / "pipeline" / "training_config.json").read_text())["time_budget_minutes"] == 0.0001
+    assert latest_checkpoint(out).name == "checkpoint-0000001"
+    from latentdiff.hub import read_card_info
+
+    info = read_card_info(out / "pipeline")
+    assert info.training["steps"] == 1 and info.hyperparameters["time_budget_minutes"] == 0.0001
+
+
+def test_hub_options_are_checked_before_training(monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
+    with pytest.raises(ValueError, match="--push-to-hub needs --hub-repo-id"):
+        parse_config(TextToImageConfig, ["--train-data", "d", "--vae", "v", "--push-to-hub", "true"])
+    with pytest.raises(ValueError, match="needs a Hugging Face token"):
+        parse_config(TextToImageConfig, ["--train-data", "d", "--vae", "v", "--push-to-hub", "true",
+                                         "--hub-repo-id", "someone/model"])
+    with pytest.raises(ValueError, match="--time-budget-minutes must be > 0"):
+        parse_config(TextToImageConfig, ["--train-data", "d", "--vae", "v", "--time-budget-minutes", "0"])
+
+
 def test_output_loads_in_stock_diffusers_and_lora_fine_tune(shapes16, tmp_path):
     out = train(shapes16, tmp_path / "base", "--max-steps", "2", "--validation-every", "2")
     assert (out / "samples" / "step-0000002.png").is_file()

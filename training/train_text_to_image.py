@@ -28,11 +28,13 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from latentdiff.data.cache import LatentCache, TextEmbeddingCache
+from latentdiff.hub import check_hub_arguments, push_folder
 from latentdiff.data.dataset import DataConfig, build_dataloader
 from latentdiff.pipelines import LatentDiffusionPipeline, make_scheduler
 from latentdiff.presets import build_components, get_preset
 from latentdiff.training.checkpoint import batches_from, load_checkpoint, resolve_resume, save_checkpoint
 from latentdiff.training.config import parse_config, save_config
+from latentdiff.training.hardware import hardware_description
 from latentdiff.training.losses import add_noise, diffusion_loss
 from latentdiff.training.validation import log_image, sample_grid
 
@@ -78,6 +80,8 @@ class TextToImageConfig:
     keep_checkpoints: int = 2  # checkpoints kept (oldest removed)
     resume: str | None = None  # "latest" or a checkpoint folder
     stop_after: int | None = None  # end this invocation after this many steps (a time slot); resume to go on
+    time_budget_minutes: float | None = None  # finish (final folder as at --max-steps) after this much training
+    # time, summed over resumed invocations; validation and checkpoint pauses do not count. For same-budget comparisons.
     validation_every: int = 1000  # steps between sample grids
     validation_prompts: list[str] = field(default_factory=lambda: [
         "a red circle", "two blue squares", "a green triangle to the left of a yellow star",
@@ -87,6 +91,9 @@ class TextToImageConfig:
     max_bad_steps: int = 10  # this many non-finite losses in a row stop the run
     num_workers: int = 0  # DataLoader workers
     seed: int = 0  # seeds weights, data order, noise and the validation grid
+    push_to_hub: bool = False  # upload the final folder with `latentdiff push` (token: $HF_TOKEN or `hf auth login`)
+    hub_repo_id: str | None = None  # USER/NAME to upload to (needed with --push-to-hub)
+    hub_private: bool = False  # create the hub repo as private
 
     def __post_init__(self):
         if self.prediction_type not in ("epsilon", "v_prediction"):
@@ -104,8 +111,11 @@ class TextToImageConfig:
                              "or --pretrained DIR to fine-tune a pipeline.")
         if self.lora_rank and self.pretrained is None:
             raise ValueError("--lora-rank needs --pretrained DIR: LoRA adapts a trained model.")
+        if self.time_budget_minutes is not None and self.time_budget_minutes <= 0:
+            raise ValueError(f"--time-budget-minutes must be > 0, got {self.time_budget_minutes}.")
         if self.train_text_encoder is None:
             self.train_text_encoder = self.pretrained is None
+        check_hub_arguments(self)  # before training, not after: a missing token or repo id fails now
 
 
 def load_models(cfg: TextToImageConfig) -> dict:
@@ -213,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.cache_text and not cfg.train_text_encoder:
         text_cache = TextEmbeddingCache(cache_root, text_encoder, tokenizer)
     # 4. Resume: model, optimizer, EMA, LR schedule and RNG states; the data position follows from the step
-    progress = {"step": 0, "epoch": 0, "batch": 0}
+    progress = {"step": 0, "epoch": 0, "batch": 0, "train_seconds": 0.0, "wall_clock_seconds": 0.0}
     checkpoint = resolve_resume(cfg.resume, out)
     if checkpoint is not None:
         progress |= load_checkpoint(accelerator, checkpoint)
@@ -223,6 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     # 5. Training loop
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not accelerator.is_main_process)
     start, paused, images_seen, bad_in_a_row, bad_total = time.perf_counter(), 0.0, 0, 0, 0
+    earlier_train, earlier_wall = float(progress["train_seconds"]), float(progress["wall_clock_seconds"])
+    budget = None if cfg.time_budget_minutes is None else 60.0 * cfg.time_budget_minutes
+    out_of_time = False
     seen: list[str] = []  # names of the samples this rank trained on (this invocation), for the rank report
     batches = batches_from(loader, progress["epoch"], progress["batch"], cfg.gradient_accumulation_steps)
     for epoch, i, batch in batches if step < cfg.max_steps else ():
@@ -278,14 +291,22 @@ def main(argv: list[str] | None = None) -> None:
         accelerator.log(logs, step=step)
         bar.update()
         bar.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{logs['images_per_s']:.1f}")
+        if budget is not None:  # every rank decides the same: rank 0's clock
+            spent = torch.tensor(earlier_train + time.perf_counter() - start - paused, device=accelerator.device)
+            out_of_time = accelerator.reduce(spent, "max").item() >= budget
 
         pause = time.perf_counter()  # validation and checkpoints are not training throughput
-        if step % cfg.validation_every == 0 or step == cfg.max_steps:
+        if step % cfg.validation_every == 0 or step == cfg.max_steps or out_of_time:
             validate(cfg, accelerator, parts, unet, text_encoder, ema, out, step)
-        if step % cfg.checkpoint_every == 0 or step in (cfg.max_steps, cfg.stop_after):
+        if step % cfg.checkpoint_every == 0 or step in (cfg.max_steps, cfg.stop_after) or out_of_time:
             # the position of the next batch, so that a resumed run continues with exactly that batch
-            save_checkpoint(accelerator, out, step, cfg.keep_checkpoints, extra={"epoch": epoch, "batch": i + 1})
+            save_checkpoint(accelerator, out, step, cfg.keep_checkpoints, extra={
+                "epoch": epoch, "batch": i + 1, "train_seconds": earlier_train + pause - start - paused,
+                "wall_clock_seconds": earlier_wall + time.perf_counter() - start})
         paused += time.perf_counter() - pause
+        if out_of_time:
+            accelerator.print(f"time budget of {cfg.time_budget_minutes} min spent at step {step}")
+            break
         if cfg.stop_after is not None and step >= cfg.stop_after and step < cfg.max_steps:
             accelerator.print(f"stopping at step {step} (--stop-after); go on with --resume latest")
             accelerator.end_training()
@@ -294,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
             break
     bar.close()
     train_seconds = time.perf_counter() - start - paused
+    final_loss = logs["loss"] if step > first_step else None
 
     # 6. The final folder: the EMA weights of the UNet where EMA is on
     write_rank_report(out, accelerator, seen, accelerator.unwrap_model(unet))
@@ -303,17 +325,36 @@ def main(argv: list[str] | None = None) -> None:
         if ema is not None:
             ema.copy_to(final_unet.parameters())
         target = save_outputs(cfg, parts, final_unet, accelerator.unwrap_model(text_encoder), out)
-        summary = {"steps": step, "seconds": time.perf_counter() - start, "non_finite_steps_skipped": bad_total,
+        summary = {"steps": step, "epochs": epochs_done(step, cfg, accelerator.num_processes, loader.dataset),
+                   "wall_clock_seconds": earlier_wall + time.perf_counter() - start,
+                   "hardware": hardware_description(accelerator),
+                   "train_seconds_all_invocations": earlier_train + train_seconds, "final_loss": final_loss,
+                   "seconds": time.perf_counter() - start, "non_finite_steps_skipped": bad_total,
                    "processes": accelerator.num_processes, "device": str(accelerator.device),
                    "skipped_files": loader.dataset.skips.counts,
                    "train_seconds": train_seconds, "images_per_s": images_seen / train_seconds,
                    "steps_per_s": (step - first_step) / train_seconds,
                    "latent_cache": None if cache is None else {"hits": cache.hits, "misses": cache.misses},
                    "text_cache": None if text_cache is None else {"hits": text_cache.hits, "misses": text_cache.misses}}
-        (out / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        for folder in (out, target):  # beside the checkpoints, and in the model folder for its card
+            (folder / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        save_config(cfg, target / "training_config.json")
         accelerator.print(loader.dataset.skips.summary())
         accelerator.print(f"wrote {target}")
+        if cfg.push_to_hub:
+            base = cfg.pretrained if cfg.pretrained and not Path(cfg.pretrained).exists() else None
+            push_folder(target, cfg.hub_repo_id, private=cfg.hub_private, base_model=cfg.pretrained,
+                        base_model_id=base, log=accelerator.print)
     accelerator.end_training()
+
+
+def epochs_done(step: int, cfg: TextToImageConfig, processes: int, dataset) -> float | None:
+    """Passes over the training data so far; None for a streamed dataset of unknown length."""
+    try:
+        n = len(dataset)
+    except TypeError:
+        return None
+    return round(step * cfg.batch_size * cfg.gradient_accumulation_steps * processes / max(n, 1), 3)
 
 
 def write_rank_report(out: Path, accelerator, seen: list[str], unet) -> None:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from latentdiff.data.dataset import DataConfig, build_dataloader
 from latentdiff.images import make_grid
 from latentdiff.presets import get_preset
+from latentdiff.training.hardware import hardware_description
 from latentdiff.training.checkpoint import batches_from, load_checkpoint, resolve_resume, save_checkpoint
 from latentdiff.training.config import parse_config, save_config
 
@@ -41,7 +42,8 @@ class VAEConfig:
     preset: str = "small"  # the VAE architecture comes from this preset (latentdiff/presets.py)
     resolution: int = 64  # square training crops
     batch_size: int = 32  # images per step per process
-    max_steps: int = 4000  # optimizer steps
+    max_steps: int = 4000  # optimizer steps (the LR schedule's length)
+    stop_after: int | None = None  # end this invocation after this many steps (a time slot); resume to go on
     learning_rate: float = 1e-3  # AdamW peak learning rate
     lr_scheduler: str = "cosine"  # diffusers.optimization schedule: constant, cosine, linear, ...
     lr_warmup_steps: int = 200  # linear warm-up steps
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
             break
 
     # 3. Resume: model, optimizer, LR schedule and RNG states; the data position from the progress record
-    progress = {"step": 0, "epoch": 0, "batch": 0}
+    progress = {"step": 0, "epoch": 0, "batch": 0, "train_seconds": 0.0}
     checkpoint = resolve_resume(cfg.resume, out)
     if checkpoint is not None:
         progress |= load_checkpoint(accelerator, checkpoint)
@@ -124,7 +126,9 @@ def main(argv: list[str] | None = None) -> None:
     # 4. Training loop
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train_vae", disable=not accelerator.is_main_process)
     start, images_seen, last_psnr = time.perf_counter(), 0, float("nan")
-    for epoch, i, batch in batches_from(loader, progress["epoch"], progress["batch"]) if step < cfg.max_steps else ():
+    earlier_seconds = float(progress.get("train_seconds", 0.0))  # training time of earlier invocations
+    stop = min(cfg.max_steps, cfg.stop_after or cfg.max_steps)
+    for epoch, i, batch in batches_from(loader, progress["epoch"], progress["batch"]) if step < stop else ():
         loader.dataset.skips.update(batch["skipped"])  # broken files ride along in batches (data/dataset.py)
         if accelerator.reduce(torch.tensor(float(len(batch["keys"]) == 0), device=accelerator.device)) > 0:
             continue  # a batch of broken files only, on some rank: all ranks move on together
@@ -145,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         bar.set_postfix(loss=f"{logs['loss']:.4f}", psnr=f"{last_psnr:.1f}")
         accelerator.log(logs, step=step)
 
-        if step % cfg.validation_every == 0 or step == cfg.max_steps:
+        if step % cfg.validation_every == 0 or step == stop:
             model = accelerator.unwrap_model(vae).eval()
             last_psnr, _, originals, recs = evaluate(model, val_batches)
             model.train()
@@ -154,9 +158,11 @@ def main(argv: list[str] | None = None) -> None:
                 grid = make_grid(pictures, cols=len(originals))
                 grid.save(out / "samples" / f"recon-{step:07d}.png")
                 accelerator.log({"val_psnr": last_psnr}, step=step)
-        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            save_checkpoint(accelerator, out, step, cfg.keep_checkpoints, extra={"epoch": epoch, "batch": i + 1})
-        if step >= cfg.max_steps:
+        if step % cfg.checkpoint_every == 0 or step == stop:
+            save_checkpoint(accelerator, out, step, cfg.keep_checkpoints,
+                            extra={"epoch": epoch, "batch": i + 1,
+                                   "train_seconds": earlier_seconds + time.perf_counter() - start})
+        if step >= stop:
             break
     bar.close()
 
@@ -168,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
         model.save_pretrained(out / "vae")
         summary = {"steps": step, "val_psnr_db": final_psnr, "latent_std": latent_std,
                    "scaling_factor": 1.0 / latent_std, "seconds": time.perf_counter() - start,
+                   "train_seconds_all_invocations": earlier_seconds + time.perf_counter() - start,
+                   "hardware": hardware_description(accelerator),
                    "processes": accelerator.num_processes, "device": str(accelerator.device),
                    "parameters": sum(p.numel() for p in model.parameters())}
         (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
