@@ -193,7 +193,8 @@ def _add_bench_train(benches) -> None:
     t.add_argument("--preset", default="small", help="preset when no --model is given (default small)")
     t.add_argument("--resolution", type=_positive_int, default=64)
     t.add_argument("--batch-size", type=_positive_int, default=32)
-    t.add_argument("--steps", type=_positive_int, default=20, help="timed optimizer steps per run")
+    t.add_argument("--steps", type=_positive_int, default=20, help="optimizer steps per run (3 warm-up + timed)")
+    t.add_argument("--compile", action="store_true", help="torch.compile our UNet (compiling is not timed)")
     t.add_argument("--out", default="out/bench-train", help="working folder for the runs and caches")
     t.add_argument("--json", help="also write the result as JSON to this file")
     t.set_defaults(func=_run_bench_train)
@@ -203,7 +204,8 @@ def _run_bench_train(args) -> None:
     from latentdiff.bench import bench_train
 
     result = bench_train(args.train_data, args.out, model=args.model, preset=args.preset,
-                         resolution=args.resolution, batch_size=args.batch_size, steps=args.steps)
+                         resolution=args.resolution, batch_size=args.batch_size, steps=args.steps,
+                         compile=args.compile)
     print(result.table())
     if args.json:
         with open(args.json, "w") as f:

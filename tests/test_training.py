@@ -226,3 +226,17 @@ def test_two_processes_on_cpu(shapes16, tmp_path, report):
     assert not set(ranks[0]["samples"]) & set(ranks[1]["samples"])
     assert ranks[0]["unet_sha256"] == ranks[1]["unet_sha256"]
     assert (out / "pipeline" / "model_index.json").is_file()
+
+
+def test_bench_train_compares_cached_run_with_per_step_encoding(shapes16, tmp_path):
+    from latentdiff.bench import bench_train
+
+    result = bench_train(str(shapes16 / "data"), str(tmp_path / "bench"), preset="tiny", resolution=16, batch_size=4,
+                         steps=5)
+    assert result.ours["latent_cache"]["misses"] == 0 and result.ours["text_cache"]["misses"] == 0  # warmed caches
+    assert result.baseline["latent_cache"] is None and result.baseline["text_cache"] is None  # encoders every step
+    assert result.ours["steady_images_per_s"] > 0 and result.baseline["steady_images_per_s"] > 0
+    assert result.speedup == pytest.approx(result.ours["steady_images_per_s"] / result.baseline["steady_images_per_s"])
+    config = json.loads((tmp_path / "bench" / "baseline" / "training_config.json").read_text())
+    assert config["channels_last"] is False and config["fused_adam"] is False and config["cache_latents"] is False
+    assert "images/s ratio" in result.table()
