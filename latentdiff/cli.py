@@ -230,38 +230,40 @@ def _run_bench_generate(args) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- shapes
+def _add_module_command(sub, name: str, module, help: str, description: str) -> None:
+    """A subcommand whose arguments and handler live in `module` (its `add_arguments(parser)` and `run(args)`)."""
+    p = sub.add_parser(name, help=help, description=description)
+    module.add_arguments(p)
+    p.set_defaults(func=module.run)
+
+
 def _add_shapes(sub) -> None:
     from latentdiff.data import shapes
 
-    p = sub.add_parser("shapes", help="write a ShapesWorld dataset (captioned procedural scenes)",
-                       description="Write a seeded ShapesWorld dataset as a Hugging Face imagefolder: images, "
-                                   "metadata.jsonl (caption + scene spec) and a README that states the splits.")
-    shapes.add_arguments(p)
-    p.set_defaults(func=shapes.run)
+    _add_module_command(sub, "shapes", shapes, help="write a ShapesWorld dataset (captioned procedural scenes)",
+                        description="Write a seeded ShapesWorld dataset as a Hugging Face imagefolder: images, "
+                                    "metadata.jsonl (caption + scene spec) and a README that states the splits.")
 
 
 # ---------------------------------------------------------------------------------------------- eval
 def _add_eval(sub) -> None:
     from latentdiff.eval import run
 
-    p = sub.add_parser("eval", help="score a model on a ShapesWorld prompt set (GenEval-style categories)",
-                       description="Generate images for every prompt of a prompt set, judge each against its "
-                                   "prompt's spec, print a table per category and overall (the mean of the "
-                                   "categories), and write JSON and a PNG grid with pass/fail frames.")
-    run.add_arguments(p)
-    p.set_defaults(func=run.run)
+    _add_module_command(sub, "eval", run, help="score a model on a ShapesWorld prompt set (GenEval-style categories)",
+                        description="Generate images for every prompt of a prompt set, judge each against its "
+                                    "prompt's spec, print a table per category and overall (the mean of the "
+                                    "categories), and write JSON and a PNG grid with pass/fail frames.")
 
 
 # ---------------------------------------------------------------------------------------------- push
 def _add_push(sub) -> None:
     from latentdiff.hub import push
 
-    p = sub.add_parser("push", help="publish a model folder or LoRA to the Hugging Face Hub (with a model card)",
-                       description="Stage a model folder (safetensors weights, model card, sample grid, and code "
-                                   "where diffusers lacks it), check that stock diffusers loads it, and upload it. "
-                                   "The token comes from HF_TOKEN or `hf auth login`.")
-    push.add_arguments(p)
-    p.set_defaults(func=push.run)
+    _add_module_command(sub, "push", push,
+                        help="publish a model folder or LoRA to the Hugging Face Hub (with a model card)",
+                        description="Stage a model folder (safetensors weights, model card, sample grid, and code "
+                                    "where diffusers lacks it), check that stock diffusers loads it, and upload it. "
+                                    "The token comes from HF_TOKEN or `hf auth login`.")
 
 
 # ---------------------------------------------------------------------------------------------- main

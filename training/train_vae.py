@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 from latentdiff.data.dataset import DataConfig, build_dataloader
 from latentdiff.images import make_grid
 from latentdiff.presets import get_preset
-from latentdiff.training.hardware import hardware_description
 from latentdiff.training.checkpoint import batches_from, load_checkpoint, resolve_resume, save_checkpoint
 from latentdiff.training.config import parse_config, save_config
+from latentdiff.training.hardware import hardware_description
 
 
 @dataclass
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     # 4. Training loop
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train_vae", disable=not accelerator.is_main_process)
     start, images_seen, last_psnr = time.perf_counter(), 0, float("nan")
-    earlier_seconds = float(progress.get("train_seconds", 0.0))  # training time of earlier invocations
+    earlier_seconds = float(progress["train_seconds"])  # training time of earlier invocations
     stop = min(cfg.max_steps, cfg.stop_after or cfg.max_steps)
     for epoch, i, batch in batches_from(loader, progress["epoch"], progress["batch"]) if step < stop else ():
         loader.dataset.skips.update(batch["skipped"])  # broken files ride along in batches (data/dataset.py)
