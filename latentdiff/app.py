@@ -124,8 +124,8 @@ class App:
 
         own = type(self.default_scheduler).__name__
         return [(f"model default ({own})", DEFAULT_SAMPLER)] + [
-            (f"{name}: {spec.description}", name) for name, spec in SAMPLERS.items()
-        ]
+            (f"{name}: {SAMPLERS[name].description}", name) for name in self.loaded.pipe.sampler_names()
+        ]  # only the samplers of this model's noise process (DDPM-family or CLD)
 
     # ------------------------------------------------------------------ checking a request
     def request(self, prompt: str | None, negative_prompt: str | None, sampler: str | None, steps: Any,

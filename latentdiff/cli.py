@@ -180,6 +180,14 @@ def _add_bench(sub) -> None:
     g.add_argument("--json", help="also write the result as JSON to this file")
     g.set_defaults(func=_run_bench_generate)
     _add_bench_train(benches)
+    from latentdiff import bench_samplers
+
+    s = benches.add_parser("samplers", help="latent RMSE, ShapesWorld score and s/image of samplers vs NFE",
+                           description="For every named sampler x NFE (UNet evaluations per image): latent RMSE "
+                                       "against a reference solution from the same noise and prompt, ShapesWorld "
+                                       "score and seconds per image. Writes samplers.csv, .json and .png to --out.")
+    bench_samplers.add_arguments(s)
+    s.set_defaults(func=bench_samplers.run)
 
 
 def _add_bench_train(benches) -> None:

@@ -34,7 +34,15 @@ from diffusers.utils import USE_PEFT_BACKEND, BaseOutput, is_xformers_available,
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from .samplers import SAMPLERS, make_scheduler
+from .cld_process import CLD  # noqa: F401  (see below)
+from .samplers import make_scheduler, process_of, sampler_names
+from .scheduling_cld import unet_timestep
+from .genie_head import GENIEHead
+from .scheduling_genie import GenieDerivative, takes_derivative
+
+# Loaded from a local folder with trust_remote_code, diffusers copies only the siblings this file imports directly
+# (dynamic_modules_utils.get_cached_module_file: one level, not recursive), so it imports every sibling that its
+# siblings need: cld_process (for scheduling_cld) too.
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
@@ -56,10 +64,19 @@ class LatentDiffusionPipeline(
 
     Components: `vae` (`AutoencoderKL`), `text_encoder` (`CLIPTextModel`), `tokenizer` (`CLIPTokenizer`),
     `unet` (`UNet2DConditionModel`), `scheduler` (any diffusers scheduler; `set_sampler` picks one by name).
+
+    Critically-damped Langevin diffusion (CLD; Dockhorn et al. 2022) models are recognised by their UNet, which sees
+    the phase-space state u = (x, v) and predicts eps_v: in_channels = 2 x out_channels. They need a CLD scheduler
+    (`scheduling_cld.py`; `set_sampler("cld-ode")` or `"cld-sscs"`), which draws the initial state, takes the
+    continuous time t mapped by `unet_timestep`, and applies the mixed score when its config says so; the loop
+    is the same, and only the x half is decoded.
+
+    Optional `genie_head` (`GENIEHead`, `genie_head.py`): with the "genie" sampler (`scheduling_genie.py`), each step
+    adds GENIE's second-order Taylor term from the head's d_γ ε (Dockhorn et al. 2022); see `_genie`.
     """
 
-    model_cpu_offload_seq = "text_encoder->unet->vae"
-    _optional_components: list[str] = []
+    model_cpu_offload_seq = "text_encoder->unet->genie_head->vae"
+    _optional_components: list[str] = ["genie_head"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
     def __init__(
@@ -69,9 +86,11 @@ class LatentDiffusionPipeline(
         tokenizer: CLIPTokenizer,
         unet: UNet2DConditionModel,
         scheduler: SchedulerMixin,
+        genie_head: GENIEHead | None = None,
     ):
         super().__init__()
-        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                              genie_head=genie_head)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if vae is not None else 8
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self._attention_backend_chosen = False
@@ -118,9 +137,59 @@ class LatentDiffusionPipeline(
         self.scheduler = make_scheduler(name, dict(self.scheduler.config), **options)
         return self
 
-    @staticmethod
-    def sampler_names() -> list[str]:
-        return list(SAMPLERS)
+    def sampler_names(self) -> list[str]:
+        """The named samplers that fit this model's noise process."""
+        return sampler_names(self.process)
+
+    # ------------------------------------------------------------------ noise process (DDPM-family or CLD)
+    @property
+    def process(self) -> str:
+        """The noise process the UNet was trained with: "cld" when it takes (x, v), 2x its output channels."""
+        config = self.unet.config
+        return "cld" if config.in_channels == 2 * config.out_channels else "ddpm"
+
+    def check_process(self) -> None:
+        """A ValueError unless the scheduler samples the process the UNet was trained with."""
+        unet, scheduler = self.unet.config, type(self.scheduler).__name__
+        if self.process == "cld" and process_of(self.scheduler.config) != "cld":
+            raise ValueError(
+                f"This UNet was trained with critically-damped Langevin diffusion (in_channels {unet.in_channels} = "
+                f"2 x out_channels {unet.out_channels}: x and v), but the scheduler is {scheduler}, a DDPM-family "
+                "sampler. Use the CLD scheduler saved with the model (CLDExponentialODEScheduler or SSCSScheduler, "
+                "e.g. CLDExponentialODEScheduler.from_pretrained(MODEL_DIR, subfolder='scheduler')); on a CLD "
+                "scheduler, pipe.set_sampler('cld-ode') or 'cld-sscs' switch between them."
+            )
+        if self.process == "ddpm" and process_of(self.scheduler.config) == "cld":
+            raise ValueError(
+                f"The scheduler {scheduler} samples critically-damped Langevin diffusion, but this UNet is a "
+                f"DDPM-family model (in_channels {unet.in_channels}, out_channels {unet.out_channels}; a CLD UNet "
+                "takes 2x its output channels). Use a diffusers scheduler of the model's own process, e.g. the one "
+                "saved with it, then pipe.set_sampler(NAME) with NAME in pipe.sampler_names()."
+            )
+
+    def _unet_timestep(self, t: torch.Tensor) -> torch.Tensor:
+        """The UNet's timestep input: the scheduler's t, or for CLD the continuous t mapped as in training."""
+        return unet_timestep(t) if self.process == "cld" else t
+
+    def _data_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The data latent z0 (B, C, h, w): for CLD the x half of u = (x, v) (B, 2C, h, w)."""
+        return latents.chunk(2, dim=1)[0] if self.process == "cld" else latents
+
+    def _genie(self) -> GenieDerivative:
+        """GENIE for one step: with a scheduler whose step takes `derivative=` (the "genie" sampler), capture the
+        UNet's last features and time embedding during its call, and give `step_kwargs(...)` the head's guided
+        d_γ ε; for any other scheduler, a no-op."""
+        if not takes_derivative(self.scheduler):
+            return GenieDerivative.off()
+        if getattr(self, "genie_head", None) is None:
+            raise ValueError(
+                f"The {type(self.scheduler).__name__} sampler needs a GENIE head (d_γ ε predictor) and this pipeline "
+                "has none: load one with LatentDiffusionPipeline.from_pretrained(MODEL, genie_head=GENIEHead."
+                "from_pretrained(HEAD_DIR)) or pipe.register_modules(genie_head=head) (distil it with "
+                "latentdiff.training.distill_genie), or pick another sampler, e.g. pipe.set_sampler('ddim')."
+            )
+        return GenieDerivative(self.unet, self.genie_head, self.scheduler, self.do_classifier_free_guidance,
+                               self._guidance_scale)
 
     # ------------------------------------------------------------------ properties used by the loop
     @property
@@ -301,7 +370,10 @@ class LatentDiffusionPipeline(
                 f"Got {len(generator)} generators for {batch_size} images (prompts x num_images_per_prompt): pass one "
                 "generator per image, or a single generator."
             )
-        if latents is None:
+        if latents is None and self.process == "cld":
+            # the phase-space prior u = (x, v) (B, 2C, h, w), carried to timesteps[0] by the scheduler itself
+            latents = self.scheduler.init_noise_sample(shape, generator=generator, device=device, dtype=dtype)
+        elif latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)  # (B, C, h, w)
         else:
             if tuple(latents.shape) != shape:
@@ -373,9 +445,11 @@ class LatentDiffusionPipeline(
             num_images_per_prompt: images per prompt.
             eta: DDIM's eta (ignored by other schedulers).
             generator: a `torch.Generator`, or one per image, for reproducible noise.
-            latents: initial noise (B, C, h, w); drawn from `generator` when omitted.
+            latents: initial noise (B, C, h, w); drawn from `generator` when omitted. For a CLD model, the state
+                u = (x, v) at scheduler.timesteps[0], (B, 2C, h, w).
             prompt_embeds, negative_prompt_embeds: precomputed text embeddings (B, 77, D).
-            output_type: "pil", "np" (B, H, W, 3 in [0, 1]), "pt" (B, 3, H, W in [0, 1]) or "latent".
+            output_type: "pil", "np" (B, H, W, 3 in [0, 1]), "pt" (B, 3, H, W in [0, 1]) or "latent" (the data
+                latent (B, C, h, w); for CLD the x half).
             return_dict: return a `LatentDiffusionPipelineOutput` rather than a tuple.
             cross_attention_kwargs: passed to the attention processors (e.g. `{"scale": 0.5}` for LoRA).
             guidance_rescale: phi of Lin et al. 2024, sec. 3.4, against over-exposure at high guidance.
@@ -396,6 +470,7 @@ class LatentDiffusionPipeline(
         self.check_inputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, height, width,
                           num_inference_steps, timesteps, sigmas, guidance_scale, num_images_per_prompt,
                           output_type, callback_on_step_end_tensor_inputs)
+        self.check_process()
         self._guidance_scale = float(guidance_scale)
         self._cross_attention_kwargs = cross_attention_kwargs
         self._interrupt = False
@@ -417,7 +492,7 @@ class LatentDiffusionPipeline(
         # 4. Prepare timesteps
         timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps, sigmas)
 
-        # 5. Prepare latent variables: (B*n, C, h, w)
+        # 5. Prepare latent variables: (B*n, C, h, w); for CLD u = (x, v), (B*n, 2C, h, w)
         latents = self.prepare_latents(batch_size * num_images_per_prompt, height, width, prompt_embeds.dtype,
                                        device, generator, latents)
 
@@ -439,15 +514,18 @@ class LatentDiffusionPipeline(
                     continue
                 model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
                 model_input = self.scheduler.scale_model_input(model_input, t)  # (2B, C, h, w) with guidance
-                noise_pred = self.unet(model_input, t, encoder_hidden_states=text_embeds, timestep_cond=timestep_cond,
-                                       cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
+                with self._genie() as genie:  # GENIE: the UNet's last features for the head; else a no-op
+                    noise_pred = self.unet(model_input, self._unet_timestep(t), encoder_hidden_states=text_embeds,
+                                           timestep_cond=timestep_cond, cross_attention_kwargs=cross_attention_kwargs,
+                                           return_dict=False)[0]  # eps (or v); for CLD eps_v, (B, C, h, w) per half
                 if self.do_classifier_free_guidance:
                     noise_uncond, noise_text = noise_pred.chunk(2)  # (B, C, h, w) each
                     noise_pred = noise_uncond + self._guidance_scale * (noise_text - noise_uncond)
                     if guidance_rescale > 0.0:
                         noise_pred = rescale_noise_cfg(noise_pred, noise_text, guidance_rescale=guidance_rescale)
 
-                latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+                latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs,
+                                              **genie.step_kwargs(model_input, noise_pred, t), return_dict=False)[0]
 
                 if callback_on_step_end is not None:
                     tensors = {"latents": latents, "prompt_embeds": prompt_embeds,
@@ -465,6 +543,7 @@ class LatentDiffusionPipeline(
                     progress_bar.update()
 
         # 8. Decode: (B, C, h, w) -> (B, 3, H, W) in [-1, 1] -> output type
+        latents = self._data_latents(latents)  # CLD: u = (x, v) -> x
         if output_type == "latent":
             images = latents
         else:

@@ -4,7 +4,13 @@ A sampler is a diffusers scheduler built with ``from_config`` from the pipeline'
 noise process it was trained with (betas, number of training steps, prediction type, timestep spacing) carries
 over and only the update rule changes. Nothing here re-implements a sampler that diffusers has.
 
-This file imports only diffusers so that it can travel next to published weights with the pipeline file.
+Two noise processes, two families of samplers: "ddpm" (the VP process of DDPM / Stable Diffusion, all diffusers
+schedulers) and "cld" (critically-damped Langevin diffusion, Dockhorn et al. 2022: our `scheduling_cld.py`, for
+which diffusers has no scheduler). A sampler only runs models of its own process; `make_scheduler` refuses the
+other family with a ValueError that names the right samplers.
+
+This file imports only diffusers and its siblings `scheduling_cld.py` and `scheduling_genie.py`, so that it can
+travel next to published weights with the pipeline file.
 """
 
 from __future__ import annotations
@@ -29,12 +35,18 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from .scheduling_cld import CLDExponentialODEScheduler, SSCSScheduler
+from .scheduling_genie import GENIEScheduler
+
+PROCESSES = ("ddpm", "cld")  # the noise processes a sampler can belong to (the training script's --process)
+
 
 @dataclass(frozen=True)
 class SamplerSpec:
     scheduler_class: type[SchedulerMixin]  # the diffusers scheduler that implements the update rule
     options: dict[str, Any] = field(default_factory=dict)  # config entries that make this named variant
     description: str = ""  # one line for --help and the web page
+    process: str = "ddpm"  # the noise process it samples: "ddpm" (VP) or "cld"
 
 
 # Config entries that describe the trained noise process rather than a sampler. Only these carry over from
@@ -57,7 +69,14 @@ PROCESS_KEYS = (
     "thresholding",
     "dynamic_thresholding_ratio",
     "timestep_type",
+    # A latent consistency model's distillation grid and boundary scalings (training/distill_lcm.py), so that
+    # set_sampler("lcm") on an LCM folder keeps the ones it was distilled with.
+    "original_inference_steps",
+    "timestep_scaling",
 )
+# The same for CLD schedulers: the process (CLDConfig's fields) and the model's output parameterisation.
+CLD_PROCESS_KEYS = ("M", "gamma", "beta_schedule", "beta", "beta_min", "beta_max", "eps", "numerical_eps",
+                    "mixed_score")
 
 SAMPLERS: dict[str, SamplerSpec] = {
     "ddim": SamplerSpec(DDIMScheduler, {}, "DDIM (Song et al. 2021), deterministic first order"),
@@ -94,11 +113,24 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "unipc": SamplerSpec(UniPCMultistepScheduler, {}, "UniPC (Zhao et al. 2023), bh2, order 2"),
     "deis": SamplerSpec(DEISMultistepScheduler, {}, "DEIS (Zhang & Chen 2023), order 2"),
     "lcm": SamplerSpec(LCMScheduler, {}, "latent consistency sampling: for LCM-distilled models, 1-8 steps"),
+    "genie": SamplerSpec(GENIEScheduler, {"clip_sample": False},  # an ODE solver: x0 clipping would leave the ODE
+                         "GENIE (Dockhorn et al. 2022), 2nd-order Taylor; needs pipe.genie_head"),
+    "cld-sscs": SamplerSpec(SSCSScheduler, {}, "CLD: symmetric splitting SDE sampler (Dockhorn et al. 2022)", "cld"),
+    "cld-ode": SamplerSpec(CLDExponentialODEScheduler, {},
+                           "CLD: probability-flow ODE, exponential integrator (gDDIM step), deterministic", "cld"),
 }
 
 
-def sampler_names() -> list[str]:
-    return list(SAMPLERS)
+def process_of(config: Any) -> str:
+    """The noise process a scheduler config describes: "cld" for a CLD scheduler's (it has the mass M), else "ddpm"."""
+    return "cld" if "M" in config and "gamma" in config else "ddpm"
+
+
+def sampler_names(process: str | None = None) -> list[str]:
+    """All named samplers, or those for models of one noise process ("ddpm" or "cld")."""
+    if process is not None and process not in PROCESSES:
+        raise ValueError(f"Unknown process {process!r}; choose one of {PROCESSES}.")
+    return [name for name, spec in SAMPLERS.items() if process is None or spec.process == process]
 
 
 def make_scheduler(name: str, base_config: dict[str, Any], **options: Any) -> SchedulerMixin:
@@ -111,8 +143,20 @@ def make_scheduler(name: str, base_config: dict[str, Any], **options: Any) -> Sc
     if name not in SAMPLERS:
         raise ValueError(f"Unknown sampler {name!r}. Choose one of: {', '.join(SAMPLERS)}.")
     spec = SAMPLERS[name]
+    family = process_of(base_config)
+    if spec.process != family:
+        kind = {"cld": "a CLD model (critically-damped Langevin diffusion)", "ddpm": "a DDPM-family (VP) model"}
+        raise ValueError(
+            f"Sampler {name!r} is for {kind[spec.process]}, but this scheduler config is of {kind[family]}; "
+            f"choose one of: {', '.join(sampler_names(family))}."
+        )
     accepted = set(spec.scheduler_class._get_init_keys(spec.scheduler_class)) - {"self"}
-    process = {k: base_config[k] for k in PROCESS_KEYS if k in base_config and k in accepted}
+    keys = CLD_PROCESS_KEYS if family == "cld" else PROCESS_KEYS
+    process = {k: base_config[k] for k in keys if k in base_config and k in accepted}
+    if "clip_sample" in accepted and "clip_sample" not in process:
+        # DDIM/DDPM default to clipping x0 to [-1, 1], which suits pixels, not latents (ours reach |z| ~ 5):
+        # a config saved by a scheduler without the key (e.g. DPM-Solver) must not turn clipping on.
+        process["clip_sample"] = False
     unknown = set(options) - accepted
     if unknown:
         raise ValueError(

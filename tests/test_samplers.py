@@ -29,3 +29,12 @@ def test_bad_names_and_options():
         make_scheduler("k_lms", SD_PROCESS)
     with pytest.raises(ValueError, match=r"has no option\(s\) \['karras'\]"):
         make_scheduler("euler", SD_PROCESS, karras=True)
+
+
+def test_ddim_from_a_config_without_clip_sample_does_not_clip_latents():
+    """A folder saved with DPM-Solver has no `clip_sample`; DDIM/DDPM built from it must not fall back to their
+    pixel-space default of clipping x0 to [-1, 1] (that moves DDIM 1.4 latent RMSE off the ODE solution)."""
+    dpm_config = {k: v for k, v in SD_PROCESS.items() if k != "clip_sample"}  # as assets/shapes-tiny/scheduler has it
+    for name in ("ddim", "ddpm"):
+        assert make_scheduler(name, dpm_config).config.clip_sample is False
+    assert make_scheduler("ddim", {**dpm_config, "clip_sample": True}).config.clip_sample is True  # an explicit choice stays

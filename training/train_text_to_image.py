@@ -7,6 +7,8 @@ jointly on a frozen VAE, as the original LDM text-to-image model trained its tex
 (Rombach et al. 2022, sec. 4.3.1). Fine-tuning (`--pretrained DIR`): the full UNet (optionally the text
 encoder), or LoRA adapters through peft (`--lora-rank R`; Hu et al. 2022), saved as
 `pytorch_lora_weights.safetensors` in the diffusers format `load_lora_weights` reads.
+`--process cld` trains critically-damped Langevin diffusion instead of DDPM (Dockhorn et al. 2022; the step is
+in cld_step.py) and saves its CLD scheduler with the pipeline.
 
 One linear loop: data -> (cached) VAE latents -> noise -> UNet -> per-sample loss -> backward -> EMA ->
 logs, sample grids, checkpoints. Everything else lives in the modules it calls.
@@ -30,8 +32,12 @@ from tqdm.auto import tqdm
 from latentdiff.data.cache import LatentCache, TextEmbeddingCache
 from latentdiff.hub import check_hub_arguments, push_folder
 from latentdiff.data.dataset import DataConfig, build_dataloader
+from latentdiff.cld import CLDConfig
 from latentdiff.pipelines import LatentDiffusionPipeline, make_scheduler
+from latentdiff.pipelines.cld_process import HSM_WEIGHTINGS
+from latentdiff.pipelines.samplers import PROCESSES
 from latentdiff.presets import build_components, get_preset
+from latentdiff.training.cld_step import CLDObjective, cld_preset
 from latentdiff.training.checkpoint import batches_from, load_checkpoint, resolve_resume, save_checkpoint
 from latentdiff.training.config import parse_config, save_config
 from latentdiff.training.hardware import hardware_description
@@ -65,9 +71,17 @@ class TextToImageConfig:
     max_grad_norm: float = 1.0  # gradient clipping
     train_text_encoder: bool | None = None  # train the text encoder too; default: yes from scratch, no otherwise
     lora_rank: int = 0  # > 0: train LoRA adapters of this rank on the UNet's attention instead of all weights
-    prediction_type: str = "epsilon"  # "epsilon" or "v_prediction"
-    snr_gamma: float | None = 5.0  # min-SNR-gamma loss weighting (None: plain MSE)
-    noise_offset: float = 0.0  # offset-noise strength
+    process: str = "ddpm"  # noise process: "ddpm" (VP, as Stable Diffusion) or "cld" (critically-damped Langevin)
+    # CLD options (--process cld; Dockhorn et al. 2022, defaults the paper's). The process and the mixed score apply
+    # from scratch; fine-tuning keeps those of the --pretrained CLD folder.
+    cld_beta_schedule: str = "constant"  # beta(t): "constant" (4) or "linear" (0.1 -> 8)
+    cld_mass: float = 0.25  # mass M; the friction is Gamma = 2 sqrt(M) (critical damping)
+    cld_gamma: float = 0.04  # HSM initial velocity variance factor: v0 ~ N(0, gamma M I)
+    cld_mixed_score: bool = True  # mixed-score parameterisation: the UNet learns the residual to the Gaussian score
+    cld_loss_weighting: str = "eps"  # HSM weighting lambda(t): "eps" (ell_t^-2, the paper's) or "ml" (max. likelihood)
+    prediction_type: str = "epsilon"  # "epsilon" or "v_prediction" (ddpm)
+    snr_gamma: float | None = 5.0  # min-SNR-gamma loss weighting (None: plain MSE) (ddpm)
+    noise_offset: float = 0.0  # offset-noise strength (ddpm)
     caption_dropout: float = 0.1  # probability of training on the empty caption (for classifier-free guidance)
     use_ema: bool = True  # keep an exponential moving average of the UNet; the final pipeline uses it
     ema_decay: float = 0.999  # EMA decay (with warm-up)
@@ -89,7 +103,7 @@ class TextToImageConfig:
     validation_prompts: list[str] = field(default_factory=lambda: [
         "a red circle", "two blue squares", "a green triangle to the left of a yellow star",
         "a purple cross above an orange diamond"])  # prompts of the sample grid
-    validation_steps: int = 20  # sampler steps for the grid (DPM-Solver++ 2M)
+    validation_steps: int = 20  # sampler steps for the grid (DPM-Solver++ 2M; cld: cld-ode)
     validation_guidance: float = 4.0  # guidance scale for the grid
     max_bad_steps: int = 10  # this many non-finite losses in a row stop the run
     num_workers: int = 0  # DataLoader workers
@@ -101,6 +115,19 @@ class TextToImageConfig:
     def __post_init__(self):
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"--prediction-type must be epsilon or v_prediction, got {self.prediction_type!r}.")
+        if self.process not in PROCESSES:
+            raise ValueError(f"--process must be one of {', '.join(PROCESSES)}, got {self.process!r}.")
+        if self.process == "cld":
+            try:
+                cld_process_config(self)
+            except ValueError as err:
+                raise ValueError(f"--cld-beta-schedule / --cld-mass / --cld-gamma: {err}") from None
+            if self.cld_loss_weighting not in HSM_WEIGHTINGS:
+                raise ValueError(f"--cld-loss-weighting must be one of {', '.join(HSM_WEIGHTINGS)}, got "
+                                 f"{self.cld_loss_weighting!r}.")
+            if self.noise_offset:
+                raise ValueError("--noise-offset is offset noise for the DDPM process; CLD draws its own noise. "
+                                 "Leave it at 0 with --process cld.")
         for name in ("batch_size", "max_steps", "checkpoint_every", "validation_every", "gradient_accumulation_steps",
                      "max_bad_steps"):
             if getattr(self, name) < 1:
@@ -121,17 +148,41 @@ class TextToImageConfig:
         check_hub_arguments(self)  # before training, not after: a missing token or repo id fails now
 
 
+SAMPLER = {"ddpm": "dpm++2m", "cld": "cld-ode"}  # the named sampler of the sample grids and the final folder
+
+
+def cld_process_config(cfg: TextToImageConfig) -> dict:
+    """The CLD scheduler config of a from-scratch run: the process (validated by CLDConfig) and the mixed score."""
+    process = dict(M=cfg.cld_mass, gamma=cfg.cld_gamma, beta_schedule=cfg.cld_beta_schedule)
+    CLDConfig(**process)
+    return {**process, "mixed_score": cfg.cld_mixed_score}
+
+
 def load_models(cfg: TextToImageConfig) -> dict:
-    """vae, text_encoder, tokenizer, unet and the noise process (a DDPMScheduler) for this run."""
+    """vae, text_encoder, tokenizer, unet and the noise process for this run: a DDPMScheduler, or for CLD the CLD
+    scheduler whose config records the process (and the mixed score)."""
     if cfg.pretrained is not None:
-        parts = LatentDiffusionPipeline.from_pretrained(cfg.pretrained).components
+        pipe = LatentDiffusionPipeline.from_pretrained(cfg.pretrained)
+        if pipe.process != cfg.process:
+            names = {"cld": "a CLD (critically-damped Langevin diffusion) model", "ddpm": "a DDPM-family model"}
+            raise ValueError(
+                f"--process {cfg.process} needs {names[cfg.process]}, but --pretrained {cfg.pretrained} is "
+                f"{names[pipe.process]} (UNet in_channels {pipe.unet.config.in_channels}, scheduler "
+                f"{type(pipe.scheduler).__name__}). Fine-tune it with --process {pipe.process}, or train a "
+                f"{cfg.process} model from scratch with --preset NAME --vae DIR --process {cfg.process}.")
+        parts = pipe.components
         process = dict(parts["scheduler"].config)
     else:
-        parts = build_components(cfg.preset, seed=cfg.seed)
-        process = get_preset(cfg.preset).process
+        preset = get_preset(cfg.preset)
+        preset = cld_preset(preset) if cfg.process == "cld" else preset  # CLD: the UNet sees (x, v)
+        parts = build_components(preset, seed=cfg.seed)
+        process = cld_process_config(cfg) if cfg.process == "cld" else preset.process
     if cfg.vae is not None:
         parts["vae"] = AutoencoderKL.from_pretrained(cfg.vae, use_safetensors=True)
-    parts["noise_scheduler"] = DDPMScheduler.from_config(process, prediction_type=cfg.prediction_type)
+    if cfg.process == "cld":
+        parts["noise_scheduler"] = make_scheduler(SAMPLER["cld"], process)
+    else:
+        parts["noise_scheduler"] = DDPMScheduler.from_config(process, prediction_type=cfg.prediction_type)
     return parts
 
 
@@ -153,7 +204,7 @@ def save_outputs(cfg: TextToImageConfig, parts: dict, unet, text_encoder, out: P
         layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
         LatentDiffusionPipeline.save_lora_weights(target, unet_lora_layers=layers, safe_serialization=True)
         return target
-    scheduler = make_scheduler("dpm++2m", dict(parts["noise_scheduler"].config))
+    scheduler = make_scheduler(SAMPLER[cfg.process], dict(parts["noise_scheduler"].config))
     pipe = LatentDiffusionPipeline(vae=parts["vae"], text_encoder=text_encoder, tokenizer=parts["tokenizer"],
                                    unet=unet, scheduler=scheduler)
     target = out / "pipeline"
@@ -177,6 +228,9 @@ def main(argv: list[str] | None = None) -> None:
     parts = load_models(cfg)
     vae, text_encoder, tokenizer, unet = parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["unet"]
     noise_scheduler = parts["noise_scheduler"]
+    cld = None  # the CLD step (cld_step.py) in place of add_noise / diffusion_loss
+    if cfg.process == "cld":
+        cld = CLDObjective(noise_scheduler.process, cfg.cld_loss_weighting, noise_scheduler.config.mixed_score)
     vae.requires_grad_(False).eval()
     text_encoder.requires_grad_(cfg.train_text_encoder)
     if cfg.lora_rank:
@@ -266,9 +320,10 @@ def main(argv: list[str] | None = None) -> None:
                                 truncation=True, return_tensors="pt").input_ids.to(accelerator.device)  # (B, 77)
                 with torch.set_grad_enabled(cfg.train_text_encoder):
                     text = text_encoder(ids)[0]  # (B, 77, D)
-            noised = add_noise(noise_scheduler, latents, cfg.noise_offset)
-            pred = unet(noised.noisy, noised.timesteps, text).sample  # (B, 4, h, w)
-            loss = diffusion_loss(pred, noised, noise_scheduler, cfg.snr_gamma)  # (B,)
+            # DDPM: z_t (B, 4, h, w) and integer t; CLD: u_t = (x_t, v_t) (B, 8, h, w) and unet_timestep(t)
+            noised = cld.perturb(latents) if cld else add_noise(noise_scheduler, latents, cfg.noise_offset)
+            pred = unet(noised.noisy, noised.timesteps, text).sample  # (B, 4, h, w): eps / v; CLD: eps_v
+            loss = cld.loss(pred, noised) if cld else diffusion_loss(pred, noised, noise_scheduler, cfg.snr_gamma)
 
             # A non-finite loss on any rank skips the step on every rank (so DDP's all-reduce stays in step).
             bad = accelerator.reduce(torch.tensor(float(not torch.isfinite(loss).all()),
@@ -404,9 +459,9 @@ def validate(cfg, accelerator, parts, unet, text_encoder, ema, out: Path, step: 
     if ema is not None:
         ema.store(model.parameters())
         ema.copy_to(model.parameters())
+    scheduler = make_scheduler(SAMPLER[cfg.process], dict(parts["noise_scheduler"].config))
     pipe = LatentDiffusionPipeline(vae=parts["vae"], text_encoder=accelerator.unwrap_model(text_encoder),
-                                   tokenizer=parts["tokenizer"], unet=model,
-                                   scheduler=make_scheduler("dpm++2m", dict(parts["noise_scheduler"].config)))
+                                   tokenizer=parts["tokenizer"], unet=model, scheduler=scheduler)
     was_training = model.training, pipe.text_encoder.training
     model.eval(), pipe.text_encoder.eval()
     grid = sample_grid(pipe, cfg.validation_prompts, cfg.seed, cfg.validation_steps, cfg.validation_guidance,

@@ -74,22 +74,33 @@ def evaluate(pipe, prompts: list[tuple[str, PromptSpec]], *, sampler: str | None
                    num_images_per_prompt=k, generator=generators).images  # len(chunk) * k PIL images
         for i, (prompt, spec) in enumerate(chunk):
             mine = out[i * k:(i + 1) * k]
-            verdicts = [score_image(im, spec) for im in mine]
-            per_prompt.append({"prompt": prompt, "category": spec.category, "passed": [v.passed for v in verdicts],
-                               "reasons": [v.reason for v in verdicts]})
+            per_prompt.append(score_prompt(prompt, spec, mine))
             if keep_images:
                 images.append(mine)
         bar.update(len(chunk) * k)
     bar.close()
+    settings = {"sampler": sampler or type(pipe.scheduler).__name__, "steps": steps, "guidance": guidance,
+                "images_per_prompt": k, "seed": seed}
+    return tally(per_prompt, settings, seconds=time.perf_counter() - start, images=images)
+
+
+def score_prompt(prompt: str, spec: PromptSpec, images: list[Image.Image]) -> dict[str, Any]:
+    """One `EvalResult.per_prompt` entry: every image of `prompt` judged against its spec."""
+    verdicts = [score_image(im, spec) for im in images]
+    return {"prompt": prompt, "category": spec.category, "passed": [v.passed for v in verdicts],
+            "reasons": [v.reason for v in verdicts]}
+
+
+def tally(per_prompt: list[dict[str, Any]], settings: dict[str, Any], seconds: float,
+          images: list[list[Image.Image]] | None = None) -> EvalResult:
+    """Category scores (fraction of a category's images that pass) of `score_prompt` entries."""
     counts = {}
     for c in CATEGORIES:
         rows = [p for p in per_prompt if p["category"] == c]
         if rows:
             counts[c] = (sum(sum(p["passed"]) for p in rows), sum(len(p["passed"]) for p in rows))
-    settings = {"sampler": sampler or type(pipe.scheduler).__name__, "steps": steps, "guidance": guidance,
-                "images_per_prompt": k, "seed": seed}
     return EvalResult(categories={c: a / b for c, (a, b) in counts.items()}, counts=counts, per_prompt=per_prompt,
-                      settings=settings, seconds=time.perf_counter() - start, images=images)
+                      settings=settings, seconds=seconds, images=images or [])
 
 
 def marked_grid(result: EvalResult, per_category: int = 12) -> Image.Image:

@@ -1,14 +1,21 @@
 """Samplers for critically-damped Langevin diffusion (CLD) models, as diffusers schedulers.
 
 A sample is the phase-space state u = (x, v) concatenated on channels, (B, 2C, ...), x first. The model output
-is the predicted velocity noise eps_v (B, C, ...), the HSM target of `latentdiff.cld.process` (guided by the
-caller if it uses classifier-free guidance; with the mixed score, pass `CLD.mixed_eps_v(...)`). The score the
-samplers use is s = -eps_v / l_vv(t). Times are continuous, t in [eps, 1]; `timesteps` runs from 1 down to
-eps and holds the times at which the model is evaluated. All 2x2 coefficients are computed in float64 in
+is the predicted velocity noise eps_v (B, C, ...), the HSM target of `cld_process.py` (guided by the caller if it
+uses classifier-free guidance). With `mixed_score=True` (a model trained with the paper's mixed score, sec. 3.2)
+the model output is the network's residual and `step` turns it into eps_v with `CLD.mixed_eps_v`, as diffusers'
+schedulers turn a `prediction_type` into their update. The score the samplers use is s = -eps_v / l_vv(t).
+Times are continuous, t in [eps, 1]; `timesteps` runs from 1 down to eps and holds the times at which the model
+is evaluated. All 2x2 coefficients are computed in float64 in
 `set_timesteps`; a step is then a few scalar-times-tensor operations in max(float32, sample dtype).
 
 Time grids t_0 = 1 > t_1 > ... > t_K = eps ("linear": t_i = eps + (1 - eps)(1 - i/K);
 "quadratic": t_i = eps + (1 - eps)(1 - i/K)^2, smaller steps near the data; CLD-SGM's "striding").
+
+A diffusers UNet sees the continuous time through `unet_timestep(t)`, the one mapping training and sampling share.
+
+This file imports only torch, numpy, diffusers and its sibling `cld_process.py`, so that it can travel next to
+published weights with the pipeline files (remote code, `trust_remote_code=True`).
 """
 
 from __future__ import annotations
@@ -21,11 +28,21 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .process import CLD, CLDConfig
+from .cld_process import CLD, CLDConfig
 
 TIMESTEP_SPACINGS = ("linear", "quadratic")
 QUADRATURE_NODES = 64  # Gauss-Legendre nodes per step for the exponential-integrator coefficients
 ODE_HOLDS = ("x0", "eps_v")
+# The UNet's time input for a continuous CLD time t in [eps, 1] is UNET_TIME_SCALE * t, i.e. [0, 999]: the range of
+# the discrete DDPM timesteps that a diffusers UNet's sinusoidal embedding (diffusers `Timesteps`, which takes
+# floats) is made for; the continuous-time convention of score_sde (Song et al. 2021, `labels = t * 999`).
+UNET_TIME_SCALE = 999.0
+
+
+def unet_timestep(t: torch.Tensor) -> torch.Tensor:
+    """The UNet's timestep input for CLD time t (any shape, float): t * 999. Training and the pipeline both call
+    this, so that a model is sampled with the time embedding it was trained with."""
+    return t * UNET_TIME_SCALE
 
 
 def time_grid(num_intervals: int, eps: float, spacing: str) -> torch.Tensor:
@@ -42,7 +59,12 @@ def _f32_exact(t: torch.Tensor) -> torch.Tensor:
 
 
 class _CLDScheduler(SchedulerMixin, ConfigMixin):
-    """What both CLD schedulers share: the process, the prior, the timestep lookup and input checks."""
+    """What both CLD schedulers share: the process, the prior, the timestep lookup and input checks.
+
+    Config shared by both: the process (M, gamma, beta_schedule, beta, beta_min, beta_max, eps, numerical_eps: see
+    `CLDConfig`), timestep_spacing, and mixed_score: True for a model trained with the mixed-score
+    parameterisation, whose output `step` passes through `CLD.mixed_eps_v` first (the pipeline feeds it the raw,
+    guided network output)."""
 
     order = 1
     init_noise_sigma = 1.0  # the prior is drawn by `init_noise_sample`, not by scaling N(0, I)
@@ -72,7 +94,8 @@ class _CLDScheduler(SchedulerMixin, ConfigMixin):
                              f"scheduler.timesteps in order.")
         return i
 
-    def _split(self, model_output: torch.Tensor, sample: torch.Tensor):
+    def _split(self, model_output: torch.Tensor, sample: torch.Tensor, i: int):
+        """(x, v, eps_v), each (B, C, ...), in max(float32, sample dtype); eps_v from the mixed score if configured."""
         if sample.ndim < 2 or sample.shape[1] != 2 * model_output.shape[1] or \
                 sample.shape[:1] + sample.shape[2:] != model_output.shape[:1] + model_output.shape[2:]:
             raise ValueError(f"sample must be (x, v) concatenated on channels, (B, 2C, ...), and model_output "
@@ -80,7 +103,10 @@ class _CLDScheduler(SchedulerMixin, ConfigMixin):
                              f"{tuple(model_output.shape)}.")
         work = torch.promote_types(sample.dtype, torch.float32)
         x, v = sample.to(work).chunk(2, dim=1)  # (B, C, ...) each
-        return x, v, model_output.to(work)
+        eps_v = model_output.to(work)
+        if self.config.mixed_score:  # eps_v = network output + l_vv v / Sigma_vv (cld_process.py, mixed_eps_v)
+            eps_v = self.process.mixed_eps_v(eps_v, v, self._t_eval[i])
+        return x, v, eps_v
 
     def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
         """CLD needs no input scaling; present because diffusers sampling loops call it."""
@@ -107,7 +133,7 @@ class SSCSScheduler(_CLDScheduler):
     and each interval [t_{n+1}, t_n] is integrated as A(half) S(full) A(half). A is the forward linear SDE with
     the momentum flipped (A_rev = P A P, P = diag(1, -1)), so its transition over an integrated time b =
     beta_int(t) - beta_int(t') > 0 is Gaussian with mean P Phi(b) P u and covariance P Q(b) P ((K1), (K2) of
-    process.py): exact, drawn with its Cholesky factor.
+    cld_process.py): exact, drawn with its Cholesky factor.
 
     Because the score is needed at the state after the first half step, and a diffusers loop evaluates the
     model on `sample` before calling `step`, the sample handed around sits *after* the first half step:
@@ -127,7 +153,7 @@ class SSCSScheduler(_CLDScheduler):
     @register_to_config
     def __init__(self, M: float = 0.25, gamma: float = 0.04, beta_schedule: str = "constant", beta: float = 4.0,
                  beta_min: float = 0.1, beta_max: float = 8.0, eps: float = 1e-5, numerical_eps: float = 1e-6,
-                 timestep_spacing: str = "quadratic", denoise_final: bool = True):
+                 timestep_spacing: str = "quadratic", denoise_final: bool = True, mixed_score: bool = False):
         self._setup(timestep_spacing, M=M, gamma=gamma, beta_schedule=beta_schedule, beta=beta,
                     beta_min=beta_min, beta_max=beta_max, eps=eps, numerical_eps=numerical_eps)
 
@@ -188,7 +214,7 @@ class SSCSScheduler(_CLDScheduler):
     def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor,
              generator: torch.Generator | None = None, return_dict: bool = True) -> SchedulerOutput | tuple:
         i = self._index(timestep)
-        x, v, eps_v = self._split(model_output, sample)  # (B, C, ...) each
+        x, v, eps_v = self._split(model_output, sample, i)  # (B, C, ...) each
         Gamma, M = self.process.Gamma, self.process.M
         if i == len(self._dB_score):  # the final denoising step at t = eps (only with denoise_final)
             dB = self._dB_denoise
@@ -217,7 +243,7 @@ class CLDExponentialODEScheduler(_CLDScheduler):
     the step when integrating (E1) exactly:
 
     hold="x0" (default; gDDIM's deterministic step with its R_t parameterisation, fed from eps_v). The kernel
-    score is affine in x0 (process.py (K3)), so the HSM-optimal eps_v = l_vv (Sigma_t^{-1}(u - mu_t x0_hat))_v
+    score is affine in x0 (cld_process.py (K3)), so the HSM-optimal eps_v = l_vv (Sigma_t^{-1}(u - mu_t x0_hat))_v
     determines the posterior mean x0_hat = E[x0 | u_t]:
         (E2) x0_hat = (l_vv eps_v - v + rho x) / (rho phi_xx - phi_vx),  rho = l_vx / l_xx > 0,
     (denominator > 0 for t > 0); gDDIM's full noise R_t^{-1}(u - mu_t x0_hat) follows, although HSM only
@@ -248,7 +274,7 @@ class CLDExponentialODEScheduler(_CLDScheduler):
     @register_to_config
     def __init__(self, M: float = 0.25, gamma: float = 0.04, beta_schedule: str = "constant", beta: float = 4.0,
                  beta_min: float = 0.1, beta_max: float = 8.0, eps: float = 1e-5, numerical_eps: float = 1e-6,
-                 timestep_spacing: str = "quadratic", hold: str = "x0"):
+                 timestep_spacing: str = "quadratic", hold: str = "x0", mixed_score: bool = False):
         self._setup(timestep_spacing, M=M, gamma=gamma, beta_schedule=beta_schedule, beta=beta,
                     beta_min=beta_min, beta_max=beta_max, eps=eps, numerical_eps=numerical_eps)
         if hold not in ODE_HOLDS:
@@ -315,7 +341,7 @@ class CLDExponentialODEScheduler(_CLDScheduler):
              generator: torch.Generator | None = None, return_dict: bool = True) -> SchedulerOutput | tuple:
         """One step u_{n+1} = P_n u_n + q_n eps_v; `generator` is unused (the ODE is deterministic)."""
         i = self._index(timestep)
-        x, v, eps_v = self._split(model_output, sample)  # (B, C, ...) each
+        x, v, eps_v = self._split(model_output, sample, i)  # (B, C, ...) each
         p_xx, p_xv, p_vx, p_vv, q_x, q_v = (float(c) for c in self._coef[i])
         x, v = p_xx * x + p_xv * v + q_x * eps_v, p_vx * x + p_vv * v + q_v * eps_v
         prev_sample = torch.cat([x, v], dim=1).to(sample.dtype)  # (B, 2C, ...)

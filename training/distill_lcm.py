@@ -1,0 +1,361 @@
+"""Few-step generation by latent consistency distillation (LCM) of a teacher pipeline, with accelerate.
+
+    accelerate launch -m latentdiff.training.distill_lcm --teacher assets/shapes-tiny --train-data DIR \
+        --mode lora --output-dir out/lcm-lora
+
+`--mode lora` (LCM-LoRA; Luo et al. 2023b, arXiv:2311.05556): LoRA adapters on the teacher's UNet learn the
+consistency function with classifier-free guidance distilled in; the result, `lora/pytorch_lora_weights.safetensors`,
+loads into the teacher with stock diffusers' `load_lora_weights` and samples with `LCMScheduler` at
+guidance_scale 1. `--mode full` (LCM; Luo et al. 2023, arXiv:2310.04378): the whole UNet, given the guidance
+scale as an input (`time_cond_proj_dim`), with an EMA target network; the result, `pipeline/`, is a complete
+diffusers folder (the teacher's VAE, text encoder and tokenizer, the distilled UNet, an LCMScheduler).
+
+The mathematics is in training/lcm.py; this file is one linear loop: data -> (cached) VAE latents and text
+embeddings -> LCD step (student, teacher DDIM step, target) -> per-sample loss -> backward -> EMA target ->
+logs, sample grids of 1/2/4/8 LCM steps, checkpoints. Modelled on diffusers' examples/consistency_distillation
+(train_lcm_distill_sd_wds.py, train_lcm_distill_lora_sd_wds.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers import DDPMScheduler, LCMScheduler, UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from latentdiff.data.cache import LatentCache, TextEmbeddingCache
+from latentdiff.data.dataset import DataConfig, build_dataloader
+from latentdiff.pipelines import LatentDiffusionPipeline, make_scheduler
+from latentdiff.training.checkpoint import batches_from, load_checkpoint, resolve_resume, save_checkpoint
+from latentdiff.training.config import parse_config, save_config
+from latentdiff.training.hardware import hardware_description
+from latentdiff.training.lcm import (LOSSES, DDIMSolver, consistency_function, consistency_loss, guidance_embedding,
+                                     sample_guidance, teacher_ddim_step)
+from latentdiff.training.validation import log_image, steps_grid
+
+MODES = ("lora", "full")
+# LCM-LoRA's adapted layers (diffusers' train_lcm_distill_lora_sd_wds.py): attention, feed-forward, the
+# transformer projections and the ResNet convolutions, so that a low rank can still move the whole UNet.
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
+                "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]
+
+
+@dataclass
+class DistillLCMConfig:
+    """Distil a text-to-image pipeline into a few-step latent consistency model (LCM-LoRA or full LCM)."""
+
+    teacher: str  # pipeline folder (or hub id) to distil; its VAE, text encoder, tokenizer and noise process are kept
+    train_data: str  # captioned images: imagefolder / sidecar folder / datasets folder / .tar shards
+    output_dir: str = "out/lcm"  # checkpoints, samples, logs, and the result (lora/ or pipeline/)
+    mode: str = "lora"  # "lora": LCM-LoRA adapters, guidance distilled in; "full": the whole UNet, guidance as input
+    lora_rank: int = 16  # rank of the LoRA adapters (lora mode)
+    time_cond_proj_dim: int = 256  # width of the guidance embedding the full student takes as `timestep_cond`
+    resolution: int = 64  # square training crops (pixels): the teacher's resolution
+    caption_column: str = "text"  # caption column of metadata.jsonl / the datasets dataset
+    batch_size: int = 32  # images per step per process
+    max_steps: int = 2000  # optimizer steps
+    learning_rate: float = 1e-4  # AdamW peak learning rate
+    lr_scheduler: str = "constant_with_warmup"  # diffusers.optimization schedule: constant, cosine, ...
+    lr_warmup_steps: int = 100  # linear warm-up steps
+    weight_decay: float = 0.0  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient clipping
+    num_ddim_timesteps: int = 50  # N, points of the skipping-step grid (k = 1000 / N); LCMScheduler's original_inference_steps
+    timestep_scaling: float = 10.0  # t scale in the boundary scalings c_skip, c_out (LCMScheduler's timestep_scaling)
+    w_min: float = 2.0  # smallest guidance w of the teacher target, x_c + w (x_c - x_u) (guidance_scale = 1 + w)
+    w_max: float = 6.0  # largest guidance w; [2, 6] centres on the default model's guidance_scale 5
+    loss: str = "huber"  # distance d: "huber" (pseudo-Huber) or "l2"
+    huber_c: float = 1e-3  # c of the pseudo-Huber loss sqrt(d^2 + c^2) - c
+    ema_decay: float = 0.95  # decay of the EMA target network theta^- (full mode; LoRA's target is the student)
+    mixed_precision: str = "no"  # "no", "fp16" or "bf16" (GPU; CPU runs fp32)
+    cache_latents: bool = True  # cache the frozen VAE's latent distributions on disk
+    cache_dir: str | None = None  # where the latent and text caches live (default: output_dir/cache)
+    checkpoint_every: int = 500  # steps between checkpoints
+    keep_checkpoints: int = 2  # checkpoints kept (oldest removed)
+    resume: str | None = None  # "latest" or a checkpoint folder
+    time_budget_minutes: float | None = None  # finish (result written as at --max-steps) after this much training
+    # time, summed over resumed invocations; validation and checkpoint pauses do not count
+    validation_every: int = 500  # steps between sample grids
+    validation_prompts: list[str] = field(default_factory=lambda: [
+        "a red circle", "two blue squares", "a green triangle to the left of a yellow star",
+        "a purple cross above an orange diamond"])  # prompts of the sample grid (columns)
+    validation_steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # LCM steps of the grid (rows)
+    validation_guidance: float | None = None  # guidance_scale of the grid; default 1 (lora), 1 + (w_min + w_max) / 2 (full)
+    num_workers: int = 0  # DataLoader workers
+    seed: int = 0  # seeds data order, noise, timesteps, w and the validation grid
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"--mode must be one of {MODES}, got {self.mode!r}.")
+        if self.loss not in LOSSES:
+            raise ValueError(f"--loss must be one of {LOSSES}, got {self.loss!r}.")
+        for name in ("batch_size", "max_steps", "checkpoint_every", "validation_every", "num_ddim_timesteps",
+                     "lora_rank", "time_cond_proj_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
+        if not 0 <= self.w_min <= self.w_max:
+            raise ValueError(f"Need 0 <= --w-min <= --w-max, got w_min={self.w_min}, w_max={self.w_max}: the teacher "
+                             "target is guided with scale 1 + w for w drawn from [w_min, w_max].")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"--ema-decay must be in (0, 1), got {self.ema_decay}.")
+        if self.huber_c <= 0 or self.timestep_scaling <= 0:
+            raise ValueError(f"--huber-c and --timestep-scaling must be > 0, got {self.huber_c} and "
+                             f"{self.timestep_scaling}.")
+        bad = [n for n in self.validation_steps if not 1 <= n <= self.num_ddim_timesteps]
+        if bad or not self.validation_steps:
+            raise ValueError(f"--validation-steps must be one or more step counts in [1, --num-ddim-timesteps="
+                             f"{self.num_ddim_timesteps}] (LCMScheduler samples on that grid), got {self.validation_steps}.")
+        if self.time_budget_minutes is not None and self.time_budget_minutes <= 0:
+            raise ValueError(f"--time-budget-minutes must be > 0, got {self.time_budget_minutes}.")
+        if self.validation_guidance is None:
+            self.validation_guidance = 1.0 if self.mode == "lora" else 1.0 + (self.w_min + self.w_max) / 2
+
+
+def add_lcm_lora(unet: UNet2DConditionModel, rank: int) -> None:
+    """Freeze the UNet and give it LoRA adapters (Hu et al. 2022) through peft; B = 0, so it starts as the teacher."""
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+
+
+def build_student(teacher: UNet2DConditionModel, cfg: DistillLCMConfig) -> UNet2DConditionModel:
+    """The student, initialised from the teacher (Luo et al. 2023, sec. 4.2).
+
+    full: the teacher's architecture plus a guidance input, w -> embedding -> `time_embedding.cond_proj`, added to the
+    time embedding. The projection starts at zero (diffusers' script leaves it random), so the student starts as
+    exactly the teacher and learns how to use w.
+    """
+    if cfg.mode == "lora":
+        student = copy.deepcopy(teacher)
+        add_lcm_lora(student, cfg.lora_rank)
+        return student
+    student = UNet2DConditionModel.from_config(teacher.config, time_cond_proj_dim=cfg.time_cond_proj_dim)
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    if unexpected or set(missing) != {"time_embedding.cond_proj.weight"}:
+        raise ValueError(f"The teacher UNet does not fit the student: missing {missing}, unexpected {unexpected}.")
+    torch.nn.init.zeros_(student.time_embedding.cond_proj.weight)
+    return student
+
+
+def load_teacher(cfg: DistillLCMConfig) -> dict:
+    """vae, text_encoder, tokenizer, unet (the teacher), the noise process (a DDPMScheduler) and the LCMScheduler
+    the student samples with (the teacher's process; grid and boundary scalings of this run)."""
+    parts = LatentDiffusionPipeline.from_pretrained(cfg.teacher).components
+    if parts["unet"].config.time_cond_proj_dim is not None:
+        raise ValueError(f"{cfg.teacher}: the teacher UNet already takes a guidance embedding (time_cond_proj_dim); "
+                         "distil a standard classifier-free-guided model.")
+    process = dict(parts["scheduler"].config)
+    parts["noise_scheduler"] = DDPMScheduler.from_config(process)
+    parts["lcm_scheduler"] = make_scheduler("lcm", process, original_inference_steps=cfg.num_ddim_timesteps,
+                                            timestep_scaling=cfg.timestep_scaling)
+    return parts
+
+
+def save_outputs(cfg: DistillLCMConfig, parts: dict, student, out: Path) -> Path:
+    """lora/pytorch_lora_weights.safetensors (diffusers' LoRA format) or pipeline/ (a complete diffusers folder)."""
+    if cfg.mode == "lora":
+        from peft.utils import get_peft_model_state_dict
+
+        target = out / "lora"
+        # peft's own key format (lora_A / lora_B), which load_lora_weights reads as is. Not through
+        # convert_state_dict_to_diffusers: it renames only the attention keys (to_q.lora.down ...), and the loader,
+        # which picks the format from the first key, would then drop them from this mixed conv + attention dict.
+        layers = get_peft_model_state_dict(student)
+        LatentDiffusionPipeline.save_lora_weights(target, unet_lora_layers=layers, safe_serialization=True)
+        return target
+    pipe = LatentDiffusionPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+                                   unet=student, scheduler=parts["lcm_scheduler"])
+    target = out / "pipeline"
+    pipe.save_pretrained(target)
+    return target
+
+
+def usage(cfg: DistillLCMConfig, target: Path) -> str:
+    """How to sample from the result with stock diffusers."""
+    options = []
+    if cfg.num_ddim_timesteps != 50:
+        options.append(f"original_inference_steps={cfg.num_ddim_timesteps}")
+    if cfg.timestep_scaling != 10.0:
+        options.append(f"timestep_scaling={cfg.timestep_scaling}")
+    if cfg.mode == "lora":
+        extra = "".join(", " + o for o in options)
+        return (f"pipe = StableDiffusionPipeline.from_pretrained({cfg.teacher!r}); pipe.load_lora_weights({str(target)!r}); "
+                f"pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config{extra}); "
+                "pipe(prompt, num_inference_steps=4, guidance_scale=1.0)")
+    return (f"pipe = StableDiffusionPipeline.from_pretrained({str(target)!r}); "
+            f"pipe(prompt, num_inference_steps=4, guidance_scale={cfg.validation_guidance:g})  # guidance = 1 + w, "
+            f"w in [{cfg.w_min:g}, {cfg.w_max:g}]")
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(DistillLCMConfig, argv, prog="distill_lcm")
+    out = Path(cfg.output_dir)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out))
+    set_seed(cfg.seed)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "training_config.json")
+        accelerator.init_trackers("distill_lcm")
+
+    # 1. Models: the frozen teacher (VAE, text encoder, UNet); the student; the target network theta^-
+    parts = load_teacher(cfg)
+    vae, text_encoder, tokenizer, teacher = parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["unet"]
+    noise_scheduler, lcm_scheduler = parts["noise_scheduler"], parts["lcm_scheduler"]
+    student = build_student(teacher, cfg).train()
+    frozen_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    for module in (vae, text_encoder, teacher):
+        module.requires_grad_(False).eval().to(accelerator.device, frozen_dtype)
+    ema, target_unet = None, None
+    if cfg.mode == "full":  # theta^- = EMA of theta, a constant decay (min_decay = decay: no warm-up)
+        target_unet = copy.deepcopy(student).requires_grad_(False).to(accelerator.device)
+        ema = EMAModel(student.parameters(), decay=cfg.ema_decay, min_decay=cfg.ema_decay,
+                       model_cls=UNet2DConditionModel, model_config=student.config)
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    solver = DDIMSolver.from_scheduler(noise_scheduler, cfg.num_ddim_timesteps)
+    alphas_cumprod = noise_scheduler.alphas_cumprod.to(accelerator.device)  # (T,) abar_t
+    prediction_type = noise_scheduler.config.prediction_type
+
+    # 2. Optimizer and learning-rate schedule over the student's trained parameters
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    lr_schedule = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                                num_training_steps=cfg.max_steps)
+    student, optimizer, lr_schedule = accelerator.prepare(student, optimizer, lr_schedule)
+
+    # 3. Data: this rank's shard; VAE latents and text embeddings from the on-disk caches
+    data = DataConfig(train_data=cfg.train_data, resolution=cfg.resolution, seed=cfg.seed,
+                      caption_column=cfg.caption_column)
+    loader = build_dataloader(data, cfg.batch_size, num_workers=cfg.num_workers, drop_last=True,
+                              rank=accelerator.process_index, world_size=accelerator.num_processes)
+    cache_root = Path(cfg.cache_dir or out / "cache")
+    cache = LatentCache(cache_root, vae, data.transform_config(), data.bucket_config()) if cfg.cache_latents else None
+    text_cache = TextEmbeddingCache(cache_root, text_encoder, tokenizer)
+    uncond = text_cache.encode([""], accelerator.device)  # (1, 77, D): the teacher's unconditional branch
+
+    # 4. Resume: student, optimizer, EMA, LR schedule and RNG states; the data position follows from the step
+    progress = {"step": 0, "epoch": 0, "batch": 0, "train_seconds": 0.0, "wall_clock_seconds": 0.0}
+    checkpoint = resolve_resume(cfg.resume, out)
+    if checkpoint is not None:
+        progress |= load_checkpoint(accelerator, checkpoint)
+        accelerator.print(f"resumed from {checkpoint} at step {progress['step']}")
+    if ema is not None:
+        ema.copy_to(target_unet.parameters())
+    step = first_step = progress["step"]
+
+    # 5. Distillation loop (Luo et al. 2023, Algorithm 1)
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="distill", disable=not accelerator.is_main_process)
+    start, paused, images_seen, logs = time.perf_counter(), 0.0, 0, {}
+    earlier_train, earlier_wall = float(progress["train_seconds"]), float(progress["wall_clock_seconds"])
+    budget = None if cfg.time_budget_minutes is None else 60.0 * cfg.time_budget_minutes
+    out_of_time = False
+    for epoch, i, batch in batches_from(loader, progress["epoch"], progress["batch"]) if step < cfg.max_steps else ():
+        loader.dataset.skips.update(batch["skipped"])  # broken files ride along in batches (data/dataset.py)
+        if accelerator.reduce(torch.tensor(float(len(batch["keys"]) == 0), device=accelerator.device)) > 0:
+            continue  # a batch of broken files only, on some rank: all ranks move on together
+        x = batch["pixel_values"].to(accelerator.device, frozen_dtype)  # (B, 3, H, W)
+        with torch.no_grad():
+            dist = cache.latent_dist(x, batch["keys"]) if cache else vae.encode(x).latent_dist
+            latents = dist.sample().float() * vae.config.scaling_factor  # z_0 (B, 4, h, w)
+        text = text_cache.encode(batch["captions"], accelerator.device)  # c (B, 77, D)
+        b = len(latents)
+
+        index, t_start, t_end = solver.sample_timesteps(b, accelerator.device)  # n, t_{n+k}, t_n (B,)
+        z_start = noise_scheduler.add_noise(latents, torch.randn_like(latents), t_start)  # z_{t_{n+k}} (B, 4, h, w)
+        w = sample_guidance(b, cfg.w_min, cfg.w_max, accelerator.device)  # (B,)
+        w_embedding = guidance_embedding(w, cfg.time_cond_proj_dim) if cfg.mode == "full" else None  # (B, dim)
+        pred = consistency_function(student, z_start, t_start, text, w_embedding, lcm_scheduler, alphas_cumprod)
+        with torch.no_grad(), accelerator.autocast():
+            z_prev = teacher_ddim_step(teacher, z_start.to(frozen_dtype), t_start, index, text,
+                                       uncond.expand(b, -1, -1), w, solver, alphas_cumprod, prediction_type).float()
+            target_net = target_unet if target_unet is not None else accelerator.unwrap_model(student)
+            target = consistency_function(target_net, z_prev, t_end, text, w_embedding, lcm_scheduler, alphas_cumprod)
+        loss = consistency_loss(pred, target, cfg.loss, cfg.huber_c)  # (B,)
+        if not torch.isfinite(loss).all():
+            raise RuntimeError(f"Non-finite loss at step {step}: lower --learning-rate or resume from an earlier "
+                               "checkpoint.")
+        accelerator.backward(loss.mean())
+        accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        lr_schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        # one optimizer step done: move theta^- towards theta
+        step += 1
+        if ema is not None:
+            ema.step(accelerator.unwrap_model(student).parameters())
+            ema.copy_to(target_unet.parameters())
+        images_seen += b * accelerator.num_processes
+        logs = {"loss": loss.mean().item(), "lr": lr_schedule.get_last_lr()[0],
+                "images_per_s": images_seen / (time.perf_counter() - start - paused)}
+        accelerator.log(logs, step=step)
+        bar.update()
+        bar.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{logs['images_per_s']:.1f}")
+        if budget is not None:  # every rank decides the same: the slowest rank's clock
+            spent = torch.tensor(earlier_train + time.perf_counter() - start - paused, device=accelerator.device)
+            out_of_time = accelerator.reduce(spent, "max").item() >= budget
+
+        pause = time.perf_counter()  # validation and checkpoints are not training throughput
+        if step % cfg.validation_every == 0 or step == cfg.max_steps or out_of_time:
+            validate(cfg, accelerator, parts, student, out, step)
+        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or out_of_time:
+            save_checkpoint(accelerator, out, step, cfg.keep_checkpoints, extra={
+                "epoch": epoch, "batch": i + 1, "train_seconds": earlier_train + pause - start - paused,
+                "wall_clock_seconds": earlier_wall + time.perf_counter() - start})
+        paused += time.perf_counter() - pause
+        if out_of_time:
+            accelerator.print(f"time budget of {cfg.time_budget_minutes} min spent at step {step}")
+            break
+        if step >= cfg.max_steps:
+            break
+    bar.close()
+    train_seconds = time.perf_counter() - start - paused
+
+    # 6. The result: the student's LoRA weights or a complete pipeline folder, and the run's summary
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        target = save_outputs(cfg, parts, accelerator.unwrap_model(student), out)
+        summary = {"mode": cfg.mode, "teacher": cfg.teacher, "steps": step,
+                   "wall_clock_seconds": earlier_wall + time.perf_counter() - start,
+                   "train_seconds_all_invocations": earlier_train + train_seconds, "train_seconds": train_seconds,
+                   "final_loss": logs.get("loss"), "hardware": hardware_description(accelerator),
+                   "processes": accelerator.num_processes, "device": str(accelerator.device),
+                   "images_per_s": images_seen / train_seconds if step > first_step else None,
+                   "skipped_files": loader.dataset.skips.counts,
+                   "latent_cache": None if cache is None else {"hits": cache.hits, "misses": cache.misses},
+                   "text_cache": {"hits": text_cache.hits, "misses": text_cache.misses}}
+        for folder in (out, target):  # beside the checkpoints, and in the result folder for its card
+            (folder / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        save_config(cfg, target / "training_config.json")
+        accelerator.print(loader.dataset.skips.summary())
+        accelerator.print(f"wrote {target}\nuse it: {usage(cfg, target)}")
+    accelerator.end_training()
+
+
+@torch.no_grad()
+def validate(cfg: DistillLCMConfig, accelerator, parts: dict, student, out: Path, step: int) -> None:
+    """A grid of the fixed prompts (columns) at 1/2/4/8 LCM steps (rows), fixed seeds."""
+    if not accelerator.is_main_process:
+        return
+    model = accelerator.unwrap_model(student)
+    scheduler = LCMScheduler.from_config(parts["lcm_scheduler"].config)  # a fresh one: the pipeline sets its steps
+    pipe = LatentDiffusionPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+                                   unet=model, scheduler=scheduler)
+    model.eval()
+    grid = steps_grid(pipe, cfg.validation_prompts, cfg.seed, cfg.validation_steps, cfg.validation_guidance,
+                      out / "samples" / f"step-{step:07d}.png")
+    model.train()
+    log_image(accelerator, "validation", grid, step)
+
+
+if __name__ == "__main__":
+    main()
