@@ -32,6 +32,16 @@ def report(capsys):
     return _report
 
 
+@pytest.fixture
+def fresh_accelerator_state():
+    """Accelerate's process-wide state reset before and after, so that each training run in a test starts afresh."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
 # Shared test helpers (tests/messy.py) are imported as plain modules: pytest runs in importlib mode, which
 # does not put tests/ on sys.path by itself.
 sys.path.insert(0, str(Path(__file__).parent))

@@ -18,7 +18,9 @@ from latentdiff.presets import build_components, get_preset
 from latentdiff.training import train_text_to_image
 from latentdiff.training.cld_step import CLDObjective, cld_preset
 
-from test_training import fresh_accelerator_state, shapes16, train, unet_weights  # noqa: F401  (fixtures, helpers)
+from test_training import shapes16, train, unet_weights  # noqa: F401  (fixtures, helpers)
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")  # tests/conftest.py
 
 PROMPTS = ["a red circle", "two blue squares"]
 

@@ -24,11 +24,7 @@ from latentdiff.training.lcm import (DDIMSolver, boundary_scalings, consistency_
                                      guidance_embedding, predicted_origin_and_noise, teacher_ddim_step)
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -376,13 +376,6 @@ def test_pipeline_step_is_the_guided_taylor_step(tiny_pipe):
 
 
 # ------------------------------------------------------------------------------------------------ distillation
-@pytest.fixture
-def fresh_accelerator_state():
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
-
-
 def test_distillation_runs_resumes_and_writes_the_head(tmp_path, fresh_accelerator_state):
     from latentdiff.training import distill_genie
 

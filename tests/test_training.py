@@ -27,11 +27,7 @@ from latentdiff.training.train_text_to_image import TextToImageConfig
 from messy import expected_counts, make_messy  # tests/messy.py
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +115,29 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path):
         model.weight.add_(1.0)
     save_checkpoint(accelerator, tmp_path, 40, keep=2)
     assert not partial.exists() and latest_checkpoint(tmp_path).name == "checkpoint-0000040"
+
+
+def test_run_clock_leaves_out_pauses_and_goes_on_from_the_checkpoint(monkeypatch):
+    from latentdiff.training import run_clock
+
+    now = [100.0]
+    monkeypatch.setattr(run_clock, "perf_counter", lambda: now[0])
+    resumed = {"step": 7, "train_seconds": 50.0, "wall_clock_seconds": 80.0}
+    clock = run_clock.RunClock(Accelerator(cpu=True), 1.0, resumed)  # a budget of 60 s of training
+    now[0] += 6.0  # training
+    assert clock.train_seconds == 6.0 and not clock.out_of_time()
+    with clock.paused():  # validation and a checkpoint: the training clock stands still
+        now[0] += 4.0
+        assert clock.progress(2, 3) == {"epoch": 2, "batch": 3, "train_seconds": 56.0, "wall_clock_seconds": 90.0}
+    now[0] += 4.0
+    assert (clock.train_seconds, clock.total_train_seconds, clock.seconds) == (10.0, 60.0, 14.0)
+    assert clock.out_of_time()  # 50 + 10 s of training spent
+    clock.stop()
+    now[0] += 5.0  # writing the result: wall-clock time only
+    assert (clock.train_seconds, clock.wall_clock_seconds) == (10.0, 99.0)
+    fresh = run_clock.RunClock(Accelerator(cpu=True), None, {"step": 0})
+    now[0] += 1e6
+    assert fresh.total_train_seconds == 1e6 and not fresh.out_of_time()
 
 
 # ------------------------------------------------------------------------------------------------ real runs

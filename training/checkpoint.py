@@ -96,6 +96,17 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> dict[str, Any]:
     return json.loads((path / PROGRESS).read_text())
 
 
+def resume_progress(accelerator: Accelerator, resume: str | None, output_dir: str | Path) -> dict[str, Any]:
+    """Restore `--resume`'s checkpoint, if there is one, and return its progress record over a fresh run's:
+    step, epoch and batch 0, no time spent (records of older checkpoints may lack a key)."""
+    progress = {"step": 0, "epoch": 0, "batch": 0, "train_seconds": 0.0, "wall_clock_seconds": 0.0}
+    checkpoint = resolve_resume(resume, output_dir)
+    if checkpoint is not None:
+        progress |= load_checkpoint(accelerator, checkpoint)
+        accelerator.print(f"resumed from {checkpoint} at step {progress['step']}")
+    return progress
+
+
 def batches_from(loader, epoch: int = 0, batch: int = 0, group: int = 1):
     """Yield (epoch, index, batch) from position (epoch, batch) on, epoch after epoch, without end.
 

@@ -21,7 +21,6 @@ loss -> backward -> EMA -> logs, sample grids (DDIM and GENIE rows), checkpoints
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,9 +39,10 @@ from latentdiff.genie.distill import (TIMESTEP_SAMPLING, genie_loss, grid_timest
 from latentdiff.pipelines import LatentDiffusionPipeline
 from latentdiff.pipelines.genie_head import GENIEHead
 from latentdiff.pipelines.scheduling_genie import GENIEScheduler
-from latentdiff.training.checkpoint import batches_from, load_checkpoint, resolve_resume, save_checkpoint
+from latentdiff.training.checkpoint import batches_from, resume_progress, save_checkpoint
 from latentdiff.training.config import parse_config, save_config
 from latentdiff.training.hardware import hardware_description
+from latentdiff.training.run_clock import RunClock
 from latentdiff.training.validation import log_image, steps_grid
 
 
@@ -159,19 +159,13 @@ def main(argv: list[str] | None = None) -> None:
     uncond = text_cache.encode([""], accelerator.device)  # (1, 77, D): the unconditional branch
 
     # 4. Resume: head, optimizer, EMA, LR schedule and RNG states; the data position follows from the step
-    progress = {"step": 0, "epoch": 0, "batch": 0, "train_seconds": 0.0, "wall_clock_seconds": 0.0}
-    checkpoint = resolve_resume(cfg.resume, out)
-    if checkpoint is not None:
-        progress |= load_checkpoint(accelerator, checkpoint)
-        accelerator.print(f"resumed from {checkpoint} at step {progress['step']}")
+    progress = resume_progress(accelerator, cfg.resume, out)
     step = first_step = progress["step"]
 
     # 5. Training loop
     bar = tqdm(total=cfg.max_steps, initial=step, desc="genie", disable=not accelerator.is_main_process)
-    start, paused, images_seen = time.perf_counter(), 0.0, 0
-    earlier_train, earlier_wall = float(progress["train_seconds"]), float(progress["wall_clock_seconds"])
-    budget = None if cfg.time_budget_minutes is None else 60.0 * cfg.time_budget_minutes
-    out_of_time, logs = False, {}
+    clock = RunClock(accelerator, cfg.time_budget_minutes, progress)  # training time, all invocations
+    images_seen, logs = 0, {}
     batches = batches_from(loader, progress["epoch"], progress["batch"])
     for epoch, i, batch in batches if step < cfg.max_steps else ():
         loader.dataset.skips.update(batch["skipped"])  # broken files ride along in batches (data/dataset.py)
@@ -209,25 +203,21 @@ def main(argv: list[str] | None = None) -> None:
         accelerator.log(logs, step=step)
         bar.update()
         bar.set_postfix(loss=f"{logs['loss']:.4f}", rel_err=f"{logs['relative_error']:.3f}")
-        if budget is not None:  # every rank decides the same: rank 0's clock
-            spent = torch.tensor(earlier_train + time.perf_counter() - start - paused, device=accelerator.device)
-            out_of_time = accelerator.reduce(spent, "max").item() >= budget
 
-        pause = time.perf_counter()  # validation and checkpoints are not training time
-        if step % cfg.validation_every == 0 or step == cfg.max_steps or out_of_time:
-            validate(cfg, accelerator, teacher, head, ema, out, step)
-        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or out_of_time:
-            save_checkpoint(accelerator, out, step, cfg.keep_checkpoints, extra={
-                "epoch": epoch, "batch": i + 1, "train_seconds": earlier_train + pause - start - paused,
-                "wall_clock_seconds": earlier_wall + time.perf_counter() - start})
-        paused += time.perf_counter() - pause
+        out_of_time = clock.out_of_time()  # the same on every rank
+        with clock.paused():  # validation and checkpoints are not training time
+            if step % cfg.validation_every == 0 or step == cfg.max_steps or out_of_time:
+                validate(cfg, accelerator, teacher, head, ema, out, step)
+            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or out_of_time:
+                save_checkpoint(accelerator, out, step, cfg.keep_checkpoints, extra=clock.progress(epoch, i + 1))
         if out_of_time:
             accelerator.print(f"time budget of {cfg.time_budget_minutes} min spent at step {step}")
             break
         if step >= cfg.max_steps:
             break
     bar.close()
-    train_seconds = time.perf_counter() - start - paused
+    clock.stop()
+    train_seconds = clock.train_seconds
 
     # 6. The result: genie_head/ (the EMA weights where EMA is on) and the run's summary
     accelerator.wait_for_everyone()
@@ -241,8 +231,8 @@ def main(argv: list[str] | None = None) -> None:
                    "final_loss": logs.get("loss"), "final_relative_error": logs.get("relative_error"),
                    "head_parameters": sum(p.numel() for p in final.parameters()),
                    "unet_parameters": sum(p.numel() for p in unet.parameters()),
-                   "wall_clock_seconds": earlier_wall + time.perf_counter() - start,
-                   "train_seconds_all_invocations": earlier_train + train_seconds, "train_seconds": train_seconds,
+                   "wall_clock_seconds": clock.wall_clock_seconds,
+                   "train_seconds_all_invocations": clock.total_train_seconds, "train_seconds": train_seconds,
                    "steps_per_s": (step - first_step) / train_seconds if train_seconds > 0 else None,
                    "hardware": hardware_description(accelerator), "device": str(accelerator.device),
                    "processes": accelerator.num_processes, "skipped_files": loader.dataset.skips.counts,

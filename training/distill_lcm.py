@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,11 +34,12 @@ from tqdm.auto import tqdm
 from latentdiff.data.cache import LatentCache, TextEmbeddingCache
 from latentdiff.data.dataset import DataConfig, build_dataloader
 from latentdiff.pipelines import LatentDiffusionPipeline, make_scheduler
-from latentdiff.training.checkpoint import batches_from, load_checkpoint, resolve_resume, save_checkpoint
+from latentdiff.training.checkpoint import batches_from, resume_progress, save_checkpoint
 from latentdiff.training.config import parse_config, save_config
 from latentdiff.training.hardware import hardware_description
 from latentdiff.training.lcm import (LOSSES, DDIMSolver, consistency_function, consistency_loss, guidance_embedding,
                                      sample_guidance, teacher_ddim_step)
+from latentdiff.training.run_clock import RunClock
 from latentdiff.training.validation import log_image, steps_grid
 
 MODES = ("lora", "full")
@@ -243,21 +243,15 @@ def main(argv: list[str] | None = None) -> None:
     uncond = text_cache.encode([""], accelerator.device)  # (1, 77, D): the teacher's unconditional branch
 
     # 4. Resume: student, optimizer, EMA, LR schedule and RNG states; the data position follows from the step
-    progress = {"step": 0, "epoch": 0, "batch": 0, "train_seconds": 0.0, "wall_clock_seconds": 0.0}
-    checkpoint = resolve_resume(cfg.resume, out)
-    if checkpoint is not None:
-        progress |= load_checkpoint(accelerator, checkpoint)
-        accelerator.print(f"resumed from {checkpoint} at step {progress['step']}")
+    progress = resume_progress(accelerator, cfg.resume, out)
     if ema is not None:
         ema.copy_to(target_unet.parameters())
     step = first_step = progress["step"]
 
     # 5. Distillation loop (Luo et al. 2023, Algorithm 1)
     bar = tqdm(total=cfg.max_steps, initial=step, desc="distill", disable=not accelerator.is_main_process)
-    start, paused, images_seen, logs = time.perf_counter(), 0.0, 0, {}
-    earlier_train, earlier_wall = float(progress["train_seconds"]), float(progress["wall_clock_seconds"])
-    budget = None if cfg.time_budget_minutes is None else 60.0 * cfg.time_budget_minutes
-    out_of_time = False
+    clock = RunClock(accelerator, cfg.time_budget_minutes, progress)  # training time, all invocations
+    images_seen, logs = 0, {}
     for epoch, i, batch in batches_from(loader, progress["epoch"], progress["batch"]) if step < cfg.max_steps else ():
         loader.dataset.skips.update(batch["skipped"])  # broken files ride along in batches (data/dataset.py)
         if accelerator.reduce(torch.tensor(float(len(batch["keys"]) == 0), device=accelerator.device)) > 0:
@@ -296,37 +290,33 @@ def main(argv: list[str] | None = None) -> None:
             ema.copy_to(target_unet.parameters())
         images_seen += b * accelerator.num_processes
         logs = {"loss": loss.mean().item(), "lr": lr_schedule.get_last_lr()[0],
-                "images_per_s": images_seen / (time.perf_counter() - start - paused)}
+                "images_per_s": images_seen / clock.train_seconds}
         accelerator.log(logs, step=step)
         bar.update()
         bar.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{logs['images_per_s']:.1f}")
-        if budget is not None:  # every rank decides the same: the slowest rank's clock
-            spent = torch.tensor(earlier_train + time.perf_counter() - start - paused, device=accelerator.device)
-            out_of_time = accelerator.reduce(spent, "max").item() >= budget
 
-        pause = time.perf_counter()  # validation and checkpoints are not training throughput
-        if step % cfg.validation_every == 0 or step == cfg.max_steps or out_of_time:
-            validate(cfg, accelerator, parts, student, out, step)
-        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or out_of_time:
-            save_checkpoint(accelerator, out, step, cfg.keep_checkpoints, extra={
-                "epoch": epoch, "batch": i + 1, "train_seconds": earlier_train + pause - start - paused,
-                "wall_clock_seconds": earlier_wall + time.perf_counter() - start})
-        paused += time.perf_counter() - pause
+        out_of_time = clock.out_of_time()  # the same on every rank
+        with clock.paused():  # validation and checkpoints are not training time
+            if step % cfg.validation_every == 0 or step == cfg.max_steps or out_of_time:
+                validate(cfg, accelerator, parts, student, out, step)
+            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or out_of_time:
+                save_checkpoint(accelerator, out, step, cfg.keep_checkpoints, extra=clock.progress(epoch, i + 1))
         if out_of_time:
             accelerator.print(f"time budget of {cfg.time_budget_minutes} min spent at step {step}")
             break
         if step >= cfg.max_steps:
             break
     bar.close()
-    train_seconds = time.perf_counter() - start - paused
+    clock.stop()
+    train_seconds = clock.train_seconds
 
     # 6. The result: the student's LoRA weights or a complete pipeline folder, and the run's summary
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         target = save_outputs(cfg, parts, accelerator.unwrap_model(student), out)
         summary = {"mode": cfg.mode, "teacher": cfg.teacher, "steps": step,
-                   "wall_clock_seconds": earlier_wall + time.perf_counter() - start,
-                   "train_seconds_all_invocations": earlier_train + train_seconds, "train_seconds": train_seconds,
+                   "wall_clock_seconds": clock.wall_clock_seconds,
+                   "train_seconds_all_invocations": clock.total_train_seconds, "train_seconds": train_seconds,
                    "final_loss": logs.get("loss"), "hardware": hardware_description(accelerator),
                    "processes": accelerator.num_processes, "device": str(accelerator.device),
                    "images_per_s": images_seen / train_seconds if step > first_step else None,

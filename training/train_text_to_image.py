@@ -17,7 +17,6 @@ logs, sample grids, checkpoints. Everything else lives in the modules it calls.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,10 +37,11 @@ from latentdiff.pipelines.cld_process import HSM_WEIGHTINGS
 from latentdiff.pipelines.samplers import PROCESSES
 from latentdiff.presets import build_components, get_preset
 from latentdiff.training.cld_step import CLDObjective, cld_preset
-from latentdiff.training.checkpoint import batches_from, load_checkpoint, resolve_resume, save_checkpoint
+from latentdiff.training.checkpoint import batches_from, resume_progress, save_checkpoint
 from latentdiff.training.config import parse_config, save_config
 from latentdiff.training.hardware import hardware_description
 from latentdiff.training.losses import add_noise, diffusion_loss
+from latentdiff.training.run_clock import RunClock
 from latentdiff.training.validation import log_image, sample_grid
 
 
@@ -284,21 +284,15 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.cache_text and not cfg.train_text_encoder:
         text_cache = TextEmbeddingCache(cache_root, text_encoder, tokenizer)
     # 4. Resume: model, optimizer, EMA, LR schedule and RNG states; the data position follows from the step
-    progress = {"step": 0, "epoch": 0, "batch": 0, "train_seconds": 0.0, "wall_clock_seconds": 0.0}
-    checkpoint = resolve_resume(cfg.resume, out)
-    if checkpoint is not None:
-        progress |= load_checkpoint(accelerator, checkpoint)
-        accelerator.print(f"resumed from {checkpoint} at step {progress['step']}")
+    progress = resume_progress(accelerator, cfg.resume, out)
     step = first_step = progress["step"]
 
     # 5. Training loop
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not accelerator.is_main_process)
-    start, paused, images_seen, bad_in_a_row, bad_total = time.perf_counter(), 0.0, 0, 0, 0
+    clock = RunClock(accelerator, cfg.time_budget_minutes, progress)  # training time, all invocations
+    images_seen, bad_in_a_row, bad_total = 0, 0, 0
     # steady-state throughput leaves out this invocation's first WARMUP steps (allocator, lazy init, compiling)
-    steady = {"start": None, "paused": 0.0, "images": 0}
-    earlier_train, earlier_wall = float(progress["train_seconds"]), float(progress["wall_clock_seconds"])
-    budget = None if cfg.time_budget_minutes is None else 60.0 * cfg.time_budget_minutes
-    out_of_time = False
+    steady = None  # {"train_seconds", "images"} at the end of the warm-up
     seen: list[str] = []  # names of the samples this rank trained on (this invocation), for the rank report
     batches = batches_from(loader, progress["epoch"], progress["batch"], cfg.gradient_accumulation_steps)
     for epoch, i, batch in batches if step < cfg.max_steps else ():
@@ -351,25 +345,20 @@ def main(argv: list[str] | None = None) -> None:
             ema.step(unet.parameters())
         images_seen += len(x) * accelerator.num_processes * cfg.gradient_accumulation_steps
         if step - first_step == WARMUP:
-            steady.update(start=time.perf_counter(), paused=paused, images=images_seen)
+            steady = {"train_seconds": clock.train_seconds, "images": images_seen}
         logs = {"loss": loss.mean().item(), "lr": lr_schedule.get_last_lr()[0],
-                "images_per_s": images_seen / (time.perf_counter() - start - paused), "bad_steps": bad_total}
+                "images_per_s": images_seen / clock.train_seconds, "bad_steps": bad_total}
         accelerator.log(logs, step=step)
         bar.update()
         bar.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{logs['images_per_s']:.1f}")
-        if budget is not None:  # every rank decides the same: rank 0's clock
-            spent = torch.tensor(earlier_train + time.perf_counter() - start - paused, device=accelerator.device)
-            out_of_time = accelerator.reduce(spent, "max").item() >= budget
 
-        pause = time.perf_counter()  # validation and checkpoints are not training throughput
-        if step % cfg.validation_every == 0 or step == cfg.max_steps or out_of_time:
-            validate(cfg, accelerator, parts, unet, text_encoder, ema, out, step)
-        if step % cfg.checkpoint_every == 0 or step in (cfg.max_steps, cfg.stop_after) or out_of_time:
-            # the position of the next batch, so that a resumed run continues with exactly that batch
-            save_checkpoint(accelerator, out, step, cfg.keep_checkpoints, extra={
-                "epoch": epoch, "batch": i + 1, "train_seconds": earlier_train + pause - start - paused,
-                "wall_clock_seconds": earlier_wall + time.perf_counter() - start})
-        paused += time.perf_counter() - pause
+        out_of_time = clock.out_of_time()  # the same on every rank
+        with clock.paused():  # validation and checkpoints are not training time
+            if step % cfg.validation_every == 0 or step == cfg.max_steps or out_of_time:
+                validate(cfg, accelerator, parts, unet, text_encoder, ema, out, step)
+            if step % cfg.checkpoint_every == 0 or step in (cfg.max_steps, cfg.stop_after) or out_of_time:
+                # the position of the next batch, so that a resumed run continues with exactly that batch
+                save_checkpoint(accelerator, out, step, cfg.keep_checkpoints, extra=clock.progress(epoch, i + 1))
         if out_of_time:
             accelerator.print(f"time budget of {cfg.time_budget_minutes} min spent at step {step}")
             break
@@ -380,8 +369,9 @@ def main(argv: list[str] | None = None) -> None:
         if step >= cfg.max_steps:
             break
     bar.close()
-    train_seconds = time.perf_counter() - start - paused
-    steady_images_per_s = steady_rate(steady, images_seen, paused)
+    clock.stop()
+    train_seconds = clock.train_seconds
+    steady_images_per_s = steady_rate(steady, images_seen, train_seconds)
     final_loss = logs["loss"] if step > first_step else None
 
     # 6. The final folder: the EMA weights of the UNet where EMA is on
@@ -393,10 +383,10 @@ def main(argv: list[str] | None = None) -> None:
             ema.copy_to(final_unet.parameters())
         target = save_outputs(cfg, parts, final_unet, accelerator.unwrap_model(text_encoder), out)
         summary = {"steps": step, "epochs": epochs_done(step, cfg, accelerator.num_processes, loader.dataset),
-                   "wall_clock_seconds": earlier_wall + time.perf_counter() - start,
+                   "wall_clock_seconds": clock.wall_clock_seconds,
                    "hardware": hardware_description(accelerator),
-                   "train_seconds_all_invocations": earlier_train + train_seconds, "final_loss": final_loss,
-                   "seconds": time.perf_counter() - start, "non_finite_steps_skipped": bad_total,
+                   "train_seconds_all_invocations": clock.total_train_seconds, "final_loss": final_loss,
+                   "seconds": clock.seconds, "non_finite_steps_skipped": bad_total,
                    "processes": accelerator.num_processes, "device": str(accelerator.device),
                    "skipped_files": loader.dataset.skips.counts,
                    "train_seconds": train_seconds, "images_per_s": images_seen / train_seconds,
@@ -419,11 +409,12 @@ def main(argv: list[str] | None = None) -> None:
 WARMUP = 3  # first steps of an invocation left out of the steady-state throughput
 
 
-def steady_rate(steady: dict, images_seen: int, paused: float) -> float | None:
-    """Images/s after the warm-up steps (None when the run was too short to have any)."""
-    if steady["start"] is None:
+def steady_rate(steady: dict | None, images_seen: int, train_seconds: float) -> float | None:
+    """Images/s after the warm-up steps (None when the run was too short to have any). `steady` holds the
+    invocation's training seconds and images at the end of the warm-up."""
+    if steady is None:
         return None
-    seconds = time.perf_counter() - steady["start"] - (paused - steady["paused"])
+    seconds = train_seconds - steady["train_seconds"]
     return (images_seen - steady["images"]) / seconds if seconds > 0 and images_seen > steady["images"] else None
 
 

@@ -12,7 +12,6 @@ the diffusion model sees unit-variance latents (Rombach et al. 2022, sec. G).
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +26,10 @@ from tqdm.auto import tqdm
 from latentdiff.data.dataset import DataConfig, build_dataloader
 from latentdiff.images import make_grid
 from latentdiff.presets import get_preset
-from latentdiff.training.checkpoint import batches_from, load_checkpoint, resolve_resume, save_checkpoint
+from latentdiff.training.checkpoint import batches_from, resume_progress, save_checkpoint
 from latentdiff.training.config import parse_config, save_config
 from latentdiff.training.hardware import hardware_description
+from latentdiff.training.run_clock import RunClock
 
 
 @dataclass
@@ -116,17 +116,13 @@ def main(argv: list[str] | None = None) -> None:
             break
 
     # 3. Resume: model, optimizer, LR schedule and RNG states; the data position from the progress record
-    progress = {"step": 0, "epoch": 0, "batch": 0, "train_seconds": 0.0}
-    checkpoint = resolve_resume(cfg.resume, out)
-    if checkpoint is not None:
-        progress |= load_checkpoint(accelerator, checkpoint)
-        accelerator.print(f"resumed from {checkpoint} at step {progress['step']}")
+    progress = resume_progress(accelerator, cfg.resume, out)
     step = progress["step"]
 
     # 4. Training loop
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train_vae", disable=not accelerator.is_main_process)
-    start, images_seen, last_psnr = time.perf_counter(), 0, float("nan")
-    earlier_seconds = float(progress["train_seconds"])  # training time of earlier invocations
+    clock = RunClock(accelerator, None, progress)  # never paused: the VAE's validation counts as training time
+    images_seen, last_psnr = 0, float("nan")
     stop = min(cfg.max_steps, cfg.stop_after or cfg.max_steps)
     for epoch, i, batch in batches_from(loader, progress["epoch"], progress["batch"]) if step < stop else ():
         loader.dataset.skips.update(batch["skipped"])  # broken files ride along in batches (data/dataset.py)
@@ -145,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         images_seen += len(x) * accelerator.num_processes
         bar.update()
         logs = {"loss": loss.mean().item(), "lr": lr_schedule.get_last_lr()[0],
-                "images_per_s": images_seen / (time.perf_counter() - start)}
+                "images_per_s": images_seen / clock.train_seconds}
         bar.set_postfix(loss=f"{logs['loss']:.4f}", psnr=f"{last_psnr:.1f}")
         accelerator.log(logs, step=step)
 
@@ -160,8 +156,7 @@ def main(argv: list[str] | None = None) -> None:
                 accelerator.log({"val_psnr": last_psnr}, step=step)
         if step % cfg.checkpoint_every == 0 or step == stop:
             save_checkpoint(accelerator, out, step, cfg.keep_checkpoints,
-                            extra={"epoch": epoch, "batch": i + 1,
-                                   "train_seconds": earlier_seconds + time.perf_counter() - start})
+                            extra={"epoch": epoch, "batch": i + 1, "train_seconds": clock.total_train_seconds})
         if step >= stop:
             break
     bar.close()
@@ -173,8 +168,8 @@ def main(argv: list[str] | None = None) -> None:
         model.register_to_config(scaling_factor=1.0 / latent_std)
         model.save_pretrained(out / "vae")
         summary = {"steps": step, "val_psnr_db": final_psnr, "latent_std": latent_std,
-                   "scaling_factor": 1.0 / latent_std, "seconds": time.perf_counter() - start,
-                   "train_seconds_all_invocations": earlier_seconds + time.perf_counter() - start,
+                   "scaling_factor": 1.0 / latent_std, "seconds": clock.seconds,
+                   "train_seconds_all_invocations": clock.total_train_seconds,
                    "hardware": hardware_description(accelerator),
                    "processes": accelerator.num_processes, "device": str(accelerator.device),
                    "parameters": sum(p.numel() for p in model.parameters())}
