@@ -7,7 +7,9 @@ in the machine's speed hits both), with the ratio and a check that both drew the
 
 from __future__ import annotations
 
+import os
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 
@@ -27,8 +29,8 @@ class GenerateBenchResult:
     ours_s: float  # median seconds per image, LatentDiffusionPipeline
     stock_s: float  # median seconds per image, stock StableDiffusionPipeline
     max_abs_diff: float  # largest pixel difference between the two pipelines' images (np output, [0, 1])
-    ours_peak_mb: float | None  # peak accelerator memory (CUDA only)
-    stock_peak_mb: float | None
+    ours_peak_mb: float | None  # peak memory of a call: CUDA max_memory_allocated, or on CPU the peak resident
+    stock_peak_mb: float | None  # set size above the RSS at the call's start (`PeakRSS`); None where unmeasurable
 
     @property
     def speedup(self) -> float:
@@ -38,7 +40,8 @@ class GenerateBenchResult:
     def table(self) -> str:
         rows = [
             f"model {self.source} on {self.device}: {self.height}x{self.width}, {self.steps} steps, batch {self.batch}",
-            f"{'pipeline':<34}{'s/image':>10}{'peak MB':>10}",
+            f"{'pipeline':<34}{'s/image':>10}{'peak MB':>10}  (peak: " + ("CUDA allocated)" if self.device.startswith(
+                "cuda") else "resident set growth during a call)"),
             f"{'latentdiff LatentDiffusionPipeline':<34}{self.ours_s:>10.4f}{_mb(self.ours_peak_mb):>10}",
             f"{'diffusers StableDiffusionPipeline':<34}{self.stock_s:>10.4f}{_mb(self.stock_peak_mb):>10}",
             f"speed ratio (stock / ours): {self.speedup:.3f}x; max |difference| of images: {self.max_abs_diff:.2e}",
@@ -48,6 +51,46 @@ class GenerateBenchResult:
 
 def _mb(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
+
+
+class PeakRSS:
+    """Peak growth of this process's resident set size (MB) while the `with` block runs, polled every `interval`
+    seconds from /proc/self/statm by a thread (Linux; `peak_mb` stays None elsewhere). torch's CPU allocator has no
+    max_memory_allocated counterpart, and ru_maxrss is a lifetime maximum, so neither measures one call."""
+
+    def __init__(self, interval: float = 0.002):
+        self.interval = interval
+        self.peak_mb: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+    def _rss(self) -> int | None:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * self._page
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _poll(self, start: int) -> None:
+        peak = start
+        while not self._stop.is_set():
+            peak = max(peak, self._rss() or peak)
+            self._stop.wait(self.interval)
+        peak = max(peak, self._rss() or peak)
+        self.peak_mb = (peak - start) / 2**20
+
+    def __enter__(self) -> "PeakRSS":
+        start = self._rss()
+        if start is not None:
+            self._thread = threading.Thread(target=self._poll, args=(start,), daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def stock_pipeline(pipe) -> StableDiffusionPipeline:
@@ -76,12 +119,14 @@ def bench_generate(pipe, source: str, prompt: str = "a red circle above a blue s
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        images = p(prompt, generator=torch.Generator(device).manual_seed(seed), **kwargs).images
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-        return (time.perf_counter() - start) / batch, images, peak
+        with PeakRSS() as rss:
+            start = time.perf_counter()
+            images = p(prompt, generator=torch.Generator(device).manual_seed(seed), **kwargs).images
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+        peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else rss.peak_mb
+        return seconds / batch, images, peak
 
     run(pipe), run(stock)  # warm-up: allocator, kernels, lazy imports
     ours, theirs = [], []

@@ -270,7 +270,7 @@ class _Batch:
     seeds: list[int]  # one per image: prompts x images_per_prompt, image j of prompt i after i
 
 
-def _plan(prompts: list[tuple[str, PromptSpec]], k: int, batch_size: int, seed: int) -> list[_Batch]:
+def plan_batches(prompts: list[tuple[str, PromptSpec]], k: int, batch_size: int, seed: int) -> list[_Batch]:
     """Pipeline calls of up to `batch_size` images; seeds as `latentdiff eval` gives them."""
     per_call = max(1, batch_size // k)  # prompts per pipeline call
     batches = []
@@ -403,6 +403,8 @@ def bench_samplers(pipe, prompts: list[tuple[str, PromptSpec]], config: SamplerB
     process = pipe.process
     names = pipe.sampler_names()
     samplers = config.samplers or tuple(s for s in DEFAULT_SAMPLERS[process] if s in names)
+    if config.samplers is None and getattr(pipe, "genie_head", None) is not None:
+        samplers += ("taylor2",)  # a pipeline with a distilled GENIE head: its Taylor sampler too
     reference = config.reference or DEFAULT_REFERENCES[process]
     for name in (*samplers, reference.sampler, *([reference.check_sampler] if reference.check_sampler else [])):
         if name not in names:
@@ -411,9 +413,9 @@ def bench_samplers(pipe, prompts: list[tuple[str, PromptSpec]], config: SamplerB
         raise ValueError("bench samplers: the prompt set is empty")
     chosen = select_prompts(prompts, config.max_prompts)
     k = config.images_per_prompt
-    plan = _plan(chosen, k, config.batch_size, config.seed)
+    plan = plan_batches(chosen, k, config.batch_size, config.seed)
     n_ref = len(chosen) * k if config.reference_images is None else min(config.reference_images, len(chosen) * k)
-    ref_plan = _plan(chosen[:math.ceil(n_ref / k)], k, config.batch_size, config.seed)
+    ref_plan = plan_batches(chosen[:math.ceil(n_ref / k)], k, config.batch_size, config.seed)
 
     original, bar_config = pipe.scheduler, dict(getattr(pipe, "_progress_bar_config", {}))
     options = {} if config.timestep_spacing is None else {"timestep_spacing": config.timestep_spacing}
@@ -531,7 +533,7 @@ def write_plot(result: SamplerBenchResult, path: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- command line
-def _int_list(text: str, flag: str) -> tuple[int, ...]:
+def int_list(text: str, flag: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
@@ -542,7 +544,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="pipeline folder, hub repo id or preset:NAME (default: the default model)")
     p.add_argument("--prompts", required=True, help="prompt set, JSON lines (e.g. assets/prompts/indist.jsonl)")
     p.add_argument("--samplers", help="comma-separated named samplers (default: "
-                                      f"{','.join(DEFAULT_SAMPLERS['ddpm'])}; for a CLD model the CLD samplers)")
+                                      f"{','.join(DEFAULT_SAMPLERS['ddpm'])}, and taylor2 when the pipeline has a "
+                                      "genie_head; for a CLD model the CLD samplers)")
     p.add_argument("--nfe", default=",".join(map(str, DEFAULT_NFE)),
                    help="comma-separated UNet evaluations per image (default %(default)s)")
     p.add_argument("--max-prompts", type=int, help="a category-balanced subset of this many prompts (default: all)")
@@ -571,12 +574,12 @@ def run(args: argparse.Namespace) -> int:
     if args.reference_images.strip().lower() == "all":
         reference_images = None
     else:
-        reference_images = _int_list(args.reference_images, "--reference-images")
+        reference_images = int_list(args.reference_images, "--reference-images")
         if len(reference_images) != 1:
             raise ValueError(f"--reference-images takes one number or 'all', got {args.reference_images!r}")
         reference_images = reference_images[0]
     samplers = tuple(s.strip() for s in args.samplers.split(",") if s.strip()) if args.samplers else None
-    config = SamplerBenchConfig(samplers=samplers, nfe=_int_list(args.nfe, "--nfe"), guidance=args.guidance,
+    config = SamplerBenchConfig(samplers=samplers, nfe=int_list(args.nfe, "--nfe"), guidance=args.guidance,
                                 max_prompts=args.max_prompts, images_per_prompt=args.images_per_prompt,
                                 seed=args.seed, batch_size=args.batch_size, reference_images=reference_images,
                                 timestep_spacing=args.timestep_spacing)

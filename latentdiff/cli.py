@@ -188,6 +188,15 @@ def _add_bench(sub) -> None:
                                        "score and seconds per image. Writes samplers.csv, .json and .png to --out.")
     bench_samplers.add_arguments(s)
     s.set_defaults(func=bench_samplers.run)
+    from latentdiff import bench_time_to_image
+
+    t = benches.add_parser("time-to-image", help="fastest configuration with a correct image vs stock's default",
+                           description="Score and time samplers x steps (and a distilled student) against stock "
+                                       "diffusers' default configuration (the folder's scheduler, 50 steps) in one "
+                                       "run; report the fastest configuration within --tolerance of the best score "
+                                       "and its speedup. Writes time_to_image.json and .png to --out.")
+    bench_time_to_image.add_arguments(t)
+    t.set_defaults(func=bench_time_to_image.run)
 
 
 def _add_bench_train(benches) -> None:

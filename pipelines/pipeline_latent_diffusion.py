@@ -71,7 +71,7 @@ class LatentDiffusionPipeline(
     continuous time t mapped by `unet_timestep`, and applies the mixed score when its config says so; the loop
     is the same, and only the x half is decoded.
 
-    Optional `genie_head` (`GENIEHead`, `genie_head.py`): with the "genie" sampler (`scheduling_genie.py`), each step
+    Optional `genie_head` (`GENIEHead`, `genie_head.py`): with the "taylor2" sampler (`scheduling_genie.py`), each step
     adds GENIE's second-order Taylor term from the head's d_γ ε (Dockhorn et al. 2022); see `_genie`.
     """
 
@@ -176,7 +176,7 @@ class LatentDiffusionPipeline(
         return latents.chunk(2, dim=1)[0] if self.process == "cld" else latents
 
     def _genie(self) -> GenieDerivative:
-        """GENIE for one step: with a scheduler whose step takes `derivative=` (the "genie" sampler), capture the
+        """GENIE for one step: with a scheduler whose step takes `derivative=` (the "taylor2" sampler), capture the
         UNet's last features and time embedding during its call, and give `step_kwargs(...)` the head's guided
         d_γ ε; for any other scheduler, a no-op."""
         if not takes_derivative(self.scheduler):

@@ -113,12 +113,16 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "unipc": SamplerSpec(UniPCMultistepScheduler, {}, "UniPC (Zhao et al. 2023), bh2, order 2"),
     "deis": SamplerSpec(DEISMultistepScheduler, {}, "DEIS (Zhang & Chen 2023), order 2"),
     "lcm": SamplerSpec(LCMScheduler, {}, "latent consistency sampling: for LCM-distilled models, 1-8 steps"),
-    "genie": SamplerSpec(GENIEScheduler, {"clip_sample": False},  # an ODE solver: x0 clipping would leave the ODE
-                         "GENIE (Dockhorn et al. 2022), 2nd-order Taylor; needs pipe.genie_head"),
+    "taylor2": SamplerSpec(GENIEScheduler, {"clip_sample": False},  # an ODE solver: x0 clipping would leave the ODE
+                           "GENIE (Dockhorn et al. 2022), 2nd-order Taylor with a learned derivative; needs "
+                           "pipe.genie_head"),
     "cld-sscs": SamplerSpec(SSCSScheduler, {}, "CLD: symmetric splitting SDE sampler (Dockhorn et al. 2022)", "cld"),
     "cld-ode": SamplerSpec(CLDExponentialODEScheduler, {},
                            "CLD: probability-flow ODE, exponential integrator (gDDIM step), deterministic", "cld"),
 }
+
+# Other names a sampler answers to; `sampler_names()` lists only the canonical ones.
+SAMPLER_ALIASES: dict[str, str] = {"genie": "taylor2"}
 
 
 def process_of(config: Any) -> str:
@@ -140,6 +144,7 @@ def make_scheduler(name: str, base_config: dict[str, Any], **options: Any) -> Sc
     ``make_scheduler("dpm++2m", config, use_karras_sigmas=True)`` or ``make_scheduler("ddim", config,
     timestep_spacing="trailing")``.
     """
+    name = SAMPLER_ALIASES.get(name, name)
     if name not in SAMPLERS:
         raise ValueError(f"Unknown sampler {name!r}. Choose one of: {', '.join(SAMPLERS)}.")
     spec = SAMPLERS[name]

@@ -319,7 +319,9 @@ def run(pipe, **kw):
 
 
 def test_pipeline_genie_needs_a_head_and_matches_ddim_with_a_zero_head(tiny_pipe, tmp_path):
-    tiny_pipe.set_sampler("genie")
+    assert "taylor2" in tiny_pipe.sampler_names() and "genie" not in tiny_pipe.sampler_names()
+    assert isinstance(tiny_pipe.set_sampler("genie").scheduler, GENIEScheduler)  # the paper's name is an alias
+    tiny_pipe.set_sampler("taylor2")
     with pytest.raises(ValueError, match="needs a GENIE head"):
         run(tiny_pipe)
     tiny_pipe.register_modules(genie_head=GENIEHead.for_unet(tiny_pipe.unet))  # zero output: d_γ ε = 0
@@ -336,7 +338,7 @@ def test_pipeline_genie_uses_the_head_with_and_without_guidance(tiny_pipe, tmp_p
     for guidance in (1.0, 5.0):
         tiny_pipe.set_sampler("ddim", clip_sample=False)
         ddim = run(tiny_pipe, guidance_scale=guidance)
-        tiny_pipe.set_sampler("genie")
+        tiny_pipe.set_sampler("taylor2")
         genie = run(tiny_pipe, guidance_scale=guidance)
         assert genie.shape == (1, 16, 16, 3) and np.abs(genie - ddim).max() > 1e-4
     # the head is a pipeline component: saved, and loaded back by class from model_index.json
@@ -355,7 +357,7 @@ def test_pipeline_step_is_the_guided_taylor_step(tiny_pipe):
     head = GENIEHead.for_unet(tiny_pipe.unet)
     torch.nn.init.normal_(head.conv_out.weight, std=0.05)
     tiny_pipe.register_modules(genie_head=head)
-    tiny_pipe.set_sampler("genie", timestep_spacing="trailing")
+    tiny_pipe.set_sampler("taylor2", timestep_spacing="trailing")
     w, x_T = 4.0, torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     ours = tiny_pipe("a red circle", num_inference_steps=3, guidance_scale=w, latents=x_T, output_type="latent").images
 
@@ -399,5 +401,5 @@ def test_distillation_runs_resumes_and_writes_the_head(tmp_path, fresh_accelerat
     assert (out / "samples" / "step-0000004-genie.png").is_file()
     pipe = LatentDiffusionPipeline.from_pretrained(out / "pipeline")  # the teacher with its head
     pipe.set_progress_bar_config(disable=True)
-    pipe.set_sampler("genie")
+    pipe.set_sampler("taylor2")
     assert run(pipe).shape == (1, 16, 16, 3)

@@ -11,7 +11,7 @@ still loads in stock diffusers), and `OUTPUT_DIR/pipeline/` is a copy of the tea
     head = GENIEHead.from_pretrained("out/genie/genie_head")
     pipe = LatentDiffusionPipeline.from_pretrained(TEACHER, genie_head=head)
     pipe = LatentDiffusionPipeline.from_pretrained("out/genie/pipeline")
-    pipe.set_sampler("genie")
+    pipe.set_sampler("taylor2")
 
 One linear loop: data -> (cached) VAE latents and text embeddings -> noise, timesteps on the sampler's grids,
 guidance weights -> teacher features, ε and d_γ ε by JVP (latentdiff/genie/distill.py) -> head -> γ²-weighted
@@ -265,7 +265,7 @@ def validate(cfg: DistillGenieConfig, accelerator, teacher, head, ema, out: Path
     pipe.set_sampler("ddim", clip_sample=False)
     rows = [steps_grid(pipe, cfg.validation_prompts, cfg.seed, cfg.validation_steps, cfg.validation_guidance,
                        out / "samples" / f"step-{step:07d}-ddim.png")]
-    pipe.set_sampler("genie")
+    pipe.set_sampler("taylor2")
     rows.append(steps_grid(pipe, cfg.validation_prompts, cfg.seed, cfg.validation_steps, cfg.validation_guidance,
                            out / "samples" / f"step-{step:07d}-genie.png"))
     model.train(was_training)

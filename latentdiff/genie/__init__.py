@@ -7,11 +7,11 @@ UNet's last features, distilled from the teacher's own Jacobian-vector products.
     distill.py     one distillation example and its loss (the loop: latentdiff.training.distill_genie)
     GENIEHead      the d_γ ε predictor (ModelMixin: save_pretrained / from_pretrained) and GENIEScheduler, the
                    sampler, live beside the pipeline (pipelines/genie_head.py, pipelines/scheduling_genie.py): the
-                   pipeline imports them, so "genie" is a named sampler, diffusers finds the head's class when a
+                   pipeline imports them, so "taylor2" is a named sampler, diffusers finds the head's class when a
                    folder names it, and both travel with the pipeline file to the hub
 
     pipe = LatentDiffusionPipeline.from_pretrained(MODEL, genie_head=GENIEHead.from_pretrained(HEAD_DIR))
-    pipe.set_sampler("genie")
+    pipe.set_sampler("taylor2")
 """
 
 from latentdiff.genie.derivative import GammaSchedule, ode_derivative, oracle_derivative, teacher_epsilon
