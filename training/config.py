@@ -118,3 +118,23 @@ def parse_config(cls: type[C], argv: list[str] | None = None, prog: str | None =
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as JSON next to the outputs, so a run can be repeated exactly."""
     Path(path).write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str) + "\n")
+
+
+def start_run(cfg: Any, name: str, config_file: str = "training_config.json", subfolders: tuple[str, ...] = (),
+              **accelerator_options: Any) -> tuple[Any, Path]:
+    """What every training script starts with: the Accelerator (tensorboard logs in `cfg.output_dir`), the seed,
+    and on the main process the output folder (and `subfolders` of it), the resolved config as `config_file` and
+    the trackers under `name`. `cfg` has output_dir, mixed_precision and seed. Returns (accelerator, output dir)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    out = Path(cfg.output_dir)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out),
+                              **accelerator_options)
+    set_seed(cfg.seed)
+    if accelerator.is_main_process:
+        for folder in (out, *(out / sub for sub in subfolders)):
+            folder.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / config_file)
+        accelerator.init_trackers(name)
+    return accelerator, out

@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
 from diffusers import DDPMScheduler, LCMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -35,11 +33,11 @@ from latentdiff.data.cache import LatentCache, TextEmbeddingCache
 from latentdiff.data.dataset import DataConfig, build_dataloader
 from latentdiff.pipelines import LatentDiffusionPipeline, make_scheduler
 from latentdiff.training.checkpoint import batches_from, resume_progress, save_checkpoint
-from latentdiff.training.config import parse_config, save_config
+from latentdiff.training.config import parse_config, save_config, start_run
 from latentdiff.training.hardware import hardware_description
 from latentdiff.training.lcm import (LOSSES, DDIMSolver, consistency_function, consistency_loss, guidance_embedding,
                                      sample_guidance, teacher_ddim_step)
-from latentdiff.training.run_clock import RunClock
+from latentdiff.training.run_clock import RunClock, due
 from latentdiff.training.validation import log_image, steps_grid
 
 MODES = ("lora", "full")
@@ -198,13 +196,7 @@ def usage(cfg: DistillLCMConfig, target: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(DistillLCMConfig, argv, prog="distill_lcm")
-    out = Path(cfg.output_dir)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out))
-    set_seed(cfg.seed)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "training_config.json")
-        accelerator.init_trackers("distill_lcm")
+    accelerator, out = start_run(cfg, "distill_lcm")
 
     # 1. Models: the frozen teacher (VAE, text encoder, UNet); the student; the target network theta^-
     parts = load_teacher(cfg)
@@ -297,9 +289,9 @@ def main(argv: list[str] | None = None) -> None:
 
         out_of_time = clock.out_of_time()  # the same on every rank
         with clock.paused():  # validation and checkpoints are not training time
-            if step % cfg.validation_every == 0 or step == cfg.max_steps or out_of_time:
+            if due(step, cfg.validation_every, cfg.max_steps, now=out_of_time):
                 validate(cfg, accelerator, parts, student, out, step)
-            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or out_of_time:
+            if due(step, cfg.checkpoint_every, cfg.max_steps, now=out_of_time):
                 save_checkpoint(accelerator, out, step, cfg.keep_checkpoints, extra=clock.progress(epoch, i + 1))
         if out_of_time:
             accelerator.print(f"time budget of {cfg.time_budget_minutes} min spent at step {step}")

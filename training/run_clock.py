@@ -4,7 +4,8 @@
     ...one optimizer step...
     out_of_time = clock.out_of_time()  # the same answer on every rank
     with clock.paused():  # validation grids and checkpoints are not training time
-        save_checkpoint(accelerator, out, step, keep, extra=clock.progress(epoch, i + 1))
+        if due(step, cfg.checkpoint_every, cfg.max_steps, now=out_of_time):
+            save_checkpoint(accelerator, out, step, keep, extra=clock.progress(epoch, i + 1))
     ...
     clock.stop()  # training is over; writing the result is not training time either
 
@@ -20,6 +21,12 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+
+
+def due(step: int, every: int, *at: int | None, now: bool = False) -> bool:
+    """Whether a periodic job (validation grid, checkpoint) runs after optimizer step `step`: every `every` steps,
+    at any of the steps `at` (e.g. max_steps; None entries are ignored), or `now` (e.g. the time budget is spent)."""
+    return now or step % every == 0 or step in at
 
 
 class RunClock:

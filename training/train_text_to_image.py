@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -38,10 +36,10 @@ from latentdiff.pipelines.samplers import PROCESSES
 from latentdiff.presets import build_components, get_preset
 from latentdiff.training.cld_step import CLDObjective, cld_preset
 from latentdiff.training.checkpoint import batches_from, resume_progress, save_checkpoint
-from latentdiff.training.config import parse_config, save_config
+from latentdiff.training.config import parse_config, save_config, start_run
 from latentdiff.training.hardware import hardware_description
 from latentdiff.training.losses import add_noise, diffusion_loss
-from latentdiff.training.run_clock import RunClock
+from latentdiff.training.run_clock import RunClock, due
 from latentdiff.training.validation import log_image, sample_grid
 
 
@@ -214,15 +212,8 @@ def save_outputs(cfg: TextToImageConfig, parts: dict, unet, text_encoder, out: P
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(TextToImageConfig, argv, prog="train_text_to_image")
-    out = Path(cfg.output_dir)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out),
-                              dynamo_backend="inductor" if cfg.compile else "no",
-                              gradient_accumulation_steps=cfg.gradient_accumulation_steps)
-    set_seed(cfg.seed)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "training_config.json")
-        accelerator.init_trackers("train_text_to_image")
+    accelerator, out = start_run(cfg, "train_text_to_image", dynamo_backend="inductor" if cfg.compile else "no",
+                                 gradient_accumulation_steps=cfg.gradient_accumulation_steps)
 
     # 1. Models: frozen VAE; trained UNet (or its LoRA) and, optionally, text encoder
     parts = load_models(cfg)
@@ -354,9 +345,9 @@ def main(argv: list[str] | None = None) -> None:
 
         out_of_time = clock.out_of_time()  # the same on every rank
         with clock.paused():  # validation and checkpoints are not training time
-            if step % cfg.validation_every == 0 or step == cfg.max_steps or out_of_time:
+            if due(step, cfg.validation_every, cfg.max_steps, now=out_of_time):
                 validate(cfg, accelerator, parts, unet, text_encoder, ema, out, step)
-            if step % cfg.checkpoint_every == 0 or step in (cfg.max_steps, cfg.stop_after) or out_of_time:
+            if due(step, cfg.checkpoint_every, cfg.max_steps, cfg.stop_after, now=out_of_time):
                 # the position of the next batch, so that a resumed run continues with exactly that batch
                 save_checkpoint(accelerator, out, step, cfg.keep_checkpoints, extra=clock.progress(epoch, i + 1))
         if out_of_time:

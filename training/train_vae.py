@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
 from diffusers import AutoencoderKL
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.optimization import get_scheduler
@@ -27,9 +24,9 @@ from latentdiff.data.dataset import DataConfig, build_dataloader
 from latentdiff.images import make_grid
 from latentdiff.presets import get_preset
 from latentdiff.training.checkpoint import batches_from, resume_progress, save_checkpoint
-from latentdiff.training.config import parse_config, save_config
+from latentdiff.training.config import parse_config, start_run
 from latentdiff.training.hardware import hardware_description
-from latentdiff.training.run_clock import RunClock
+from latentdiff.training.run_clock import RunClock, due
 
 
 @dataclass
@@ -87,13 +84,7 @@ def evaluate(vae: AutoencoderKL, batches: list[torch.Tensor]) -> tuple[float, fl
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(VAEConfig, argv, prog="train_vae")
-    out = Path(cfg.output_dir)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out))
-    set_seed(cfg.seed)
-    if accelerator.is_main_process:
-        (out / "samples").mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "vae_config.json")
-        accelerator.init_trackers("train_vae")
+    accelerator, out = start_run(cfg, "train_vae", "vae_config.json", subfolders=("samples",))
 
     # 1. Model, optimizer, schedule
     vae = AutoencoderKL(**get_preset(cfg.preset).vae)
@@ -145,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         bar.set_postfix(loss=f"{logs['loss']:.4f}", psnr=f"{last_psnr:.1f}")
         accelerator.log(logs, step=step)
 
-        if step % cfg.validation_every == 0 or step == stop:
+        if due(step, cfg.validation_every, stop):
             model = accelerator.unwrap_model(vae).eval()
             last_psnr, _, originals, recs = evaluate(model, val_batches)
             model.train()
@@ -154,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
                 grid = make_grid(pictures, cols=len(originals))
                 grid.save(out / "samples" / f"recon-{step:07d}.png")
                 accelerator.log({"val_psnr": last_psnr}, step=step)
-        if step % cfg.checkpoint_every == 0 or step == stop:
+        if due(step, cfg.checkpoint_every, stop):
             save_checkpoint(accelerator, out, step, cfg.keep_checkpoints,
                             extra={"epoch": epoch, "batch": i + 1, "train_seconds": clock.total_train_seconds})
         if step >= stop:
