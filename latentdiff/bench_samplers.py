@@ -542,6 +542,7 @@ def int_list(text: str, flag: str) -> tuple[int, ...]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="pipeline folder, hub repo id or preset:NAME (default: the default model)")
+    p.add_argument("--genie-head", help="a GENIE head folder for the taylor2 sampler (distill_genie's genie_head/)")
     p.add_argument("--prompts", required=True, help="prompt set, JSON lines (e.g. assets/prompts/indist.jsonl)")
     p.add_argument("--samplers", help="comma-separated named samplers (default: "
                                       f"{','.join(DEFAULT_SAMPLERS['ddpm'])}, and taylor2 when the pipeline has a "
@@ -568,7 +569,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from latentdiff.loading import load_model
+    from latentdiff.loading import load_model, model_flags
 
     prompts = read_prompt_set(args.prompts)
     if args.reference_images.strip().lower() == "all":
@@ -583,7 +584,7 @@ def run(args: argparse.Namespace) -> int:
                                 max_prompts=args.max_prompts, images_per_prompt=args.images_per_prompt,
                                 seed=args.seed, batch_size=args.batch_size, reference_images=reference_images,
                                 timestep_spacing=args.timestep_spacing)
-    loaded = load_model(args.model, device=args.device)
+    loaded = load_model(args.model, device=args.device, genie_head=args.genie_head)
     if args.reference_steps is not None or args.check_steps is not None:
         reference = DEFAULT_REFERENCES[loaded.pipe.process]
         if args.reference_steps is not None:
@@ -597,7 +598,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     result = bench_samplers(loaded.pipe, prompts, config, source=loaded.source, prompts_path=args.prompts,
                             cache_dir=out)
-    flags = ([f"--model={args.model}"] if args.model else []) + [
+    flags = model_flags(args) + [
         f"--prompts={args.prompts}", f"--samplers={','.join(result.config.samplers)}",
         f"--nfe={','.join(map(str, config.nfe))}", f"--images-per-prompt={config.images_per_prompt}",
         f"--guidance={config.guidance}", f"--seed={config.seed}", f"--reference-steps={result.reference.steps}",

@@ -241,6 +241,7 @@ def write_plot(result: TimeToImageResult, path: str | Path) -> Path:
 # ---------------------------------------------------------------------------------------------- command line
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="pipeline folder, hub repo id or preset:NAME (default: the default model)")
+    p.add_argument("--genie-head", help="a GENIE head folder for the taylor2 sampler (distill_genie's genie_head/)")
     p.add_argument("--prompts", required=True, help="prompt set, JSON lines (e.g. assets/prompts/indist.jsonl)")
     p.add_argument("--samplers", default=",".join(DEFAULT_SAMPLERS),
                    help="comma-separated named samplers for the model (default %(default)s; '' for none)")
@@ -265,13 +266,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latentdiff.loading import load_model
+    from latentdiff.loading import load_model, model_flags
 
     if args.images_per_prompt < 1 or args.batch_size < 1:
         raise ValueError("--images-per-prompt and --batch-size must be >= 1")
     prompts = read_prompt_set(args.prompts)
     samplers = tuple(s.strip() for s in args.samplers.split(",") if s.strip())
-    loaded = load_model(args.model, device=args.device)
+    loaded = load_model(args.model, device=args.device, genie_head=args.genie_head)
     distilled = load_model(args.distilled, device=args.device) if args.distilled else None
     result = bench_time_to_image(
         loaded.pipe, prompts, distilled=None if distilled is None else distilled.pipe, samplers=samplers,
@@ -281,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
         images_per_prompt=args.images_per_prompt, seed=args.seed, batch_size=args.batch_size,
         source=loaded.source, distilled_source=None if distilled is None else distilled.source,
         prompts_path=args.prompts)
-    flags = ([f"--model={args.model}"] if args.model else []) + [
+    flags = model_flags(args) + [
         f"--prompts={args.prompts}", f"--samplers={args.samplers}", f"--steps={args.steps}",
         *([f"--distilled={args.distilled}", f"--distilled-sampler={args.distilled_sampler}",
            f"--distilled-steps={args.distilled_steps}"] if args.distilled else []),

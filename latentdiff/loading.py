@@ -39,8 +39,10 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def load_model(model: str | None = None, device: str | None = None, dtype: torch.dtype | None = None,
-               fallback_preset: str = "small") -> LoadedModel:
+               fallback_preset: str = "small", genie_head: str | None = None) -> LoadedModel:
     """Load `model` (folder, repo id or `preset:NAME`); with None, the default model or a random preset.
+    `genie_head`: a GENIE head folder (or repo id) to attach as the pipeline's `genie_head`, for the "taylor2"
+    sampler (`training/distill_genie.py` writes one as OUTPUT_DIR/genie_head).
 
     Raises ValueError with a message saying what to change when `model` is neither a pipeline folder nor a
     repo id.
@@ -72,5 +74,33 @@ def load_model(model: str | None = None, device: str | None = None, dtype: torch
             f"Model {model!r} not found: pass a pipeline folder (with model_index.json), a hub repo id such as "
             "user/name, or preset:NAME."
         )
+    if genie_head is not None:
+        pipe, source = attach_genie_head(pipe, genie_head), f"{source} + GENIE head {genie_head}"
     pipe = pipe.to(resolve_device(device)) if dtype is None else pipe.to(resolve_device(device), dtype)
     return LoadedModel(pipe=pipe, source=source, random_weights=random_weights)
+
+
+def attach_genie_head(pipe, head: str) -> "LatentDiffusionPipeline":  # noqa: F821 (imported lazily)
+    """`pipe` with the GENIE head of folder or repo id `head` registered as its `genie_head` component (saved with
+    the pipeline by `save_pretrained`). Raises ValueError when the head does not fit the pipeline's UNet."""
+    from latentdiff.pipelines.genie_head import GENIEHead
+
+    if not Path(head).is_dir() and not (REPO_ID.match(head) and not Path(head).exists()):
+        raise ValueError(f"GENIE head {head!r} not found: pass the folder distill_genie wrote (OUTPUT_DIR/genie_head) "
+                         "or a hub repo id.")
+    loaded = GENIEHead.from_pretrained(head)
+    expected = GENIEHead.for_unet(pipe.unet).config
+    keys = ("in_channels", "feature_channels", "temb_channels")
+    if any(loaded.config[k] != expected[k] for k in keys):
+        made_for = ", ".join(f"{k}={loaded.config[k]}" for k in keys)
+        needed = ", ".join(f"{k}={expected[k]}" for k in keys)
+        raise ValueError(f"GENIE head {head} was made for a UNet with {made_for}, but this pipeline's UNet needs "
+                         f"{needed}: distil a head for this model with latentdiff.training.distill_genie.")
+    pipe.register_modules(genie_head=loaded.to(pipe.unet.device, pipe.unet.dtype))
+    return pipe
+
+
+def model_flags(args) -> list[str]:
+    """The --model and --genie-head flags of parsed `args` as given, for the command line a result records."""
+    return ([f"--model={args.model}"] if args.model else []) + (
+        [f"--genie-head={args.genie_head}"] if getattr(args, "genie_head", None) else [])

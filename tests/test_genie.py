@@ -403,3 +403,27 @@ def test_distillation_runs_resumes_and_writes_the_head(tmp_path, fresh_accelerat
     pipe.set_progress_bar_config(disable=True)
     pipe.set_sampler("taylor2")
     assert run(pipe).shape == (1, 16, 16, 3)
+
+
+def test_load_model_attaches_a_genie_head_and_refuses_one_that_does_not_fit(tmp_path):
+    from latentdiff.bench_samplers import ReferenceSpec, SamplerBenchConfig, bench_samplers
+    from latentdiff.eval import read_prompt_set
+    from latentdiff.loading import load_model
+
+    tiny = build_pipeline("tiny", seed=0)
+    GENIEHead.for_unet(tiny.unet).save_pretrained(tmp_path / "head")
+    loaded = load_model("preset:tiny", genie_head=str(tmp_path / "head"))
+    assert isinstance(loaded.pipe.genie_head, GENIEHead) and "GENIE head" in loaded.source
+    loaded.pipe.set_progress_bar_config(disable=True)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(Path(__file__).resolve().parents[1].joinpath("assets/prompts/indist.jsonl").read_text()
+                       .splitlines()[0] + "\n")
+    result = bench_samplers(loaded.pipe, read_prompt_set(prompts), SamplerBenchConfig(nfe=(2,), reference=ReferenceSpec("ddim", 2)),
+                            progress=False)
+    assert result.config.samplers[-1] == "taylor2"  # a pipeline with a head benches its Taylor sampler too
+
+    GENIEHead(in_channels=8, feature_channels=32, temb_channels=128).save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="was made for a UNet with in_channels=8"):
+        load_model("preset:tiny", genie_head=str(tmp_path / "other"))
+    with pytest.raises(ValueError, match="GENIE head .* not found"):
+        load_model("preset:tiny", genie_head=str(tmp_path / "missing"))

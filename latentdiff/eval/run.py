@@ -154,6 +154,7 @@ def merge_into_model_card(model_dir: Path, rep: dict[str, Any]) -> Path:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="pipeline folder, hub repo id or preset:NAME (default: the default model)")
+    p.add_argument("--genie-head", help="a GENIE head folder for the taylor2 sampler (distill_genie's genie_head/)")
     p.add_argument("--prompts", required=True, help="prompt set, JSON lines (e.g. assets/prompts/indist.jsonl)")
     p.add_argument("--sampler", default=DEFAULTS["sampler"], help=f"named sampler (default {DEFAULTS['sampler']})")
     p.add_argument("--steps", type=int, default=DEFAULTS["steps"], help=f"sampler steps (default {DEFAULTS['steps']})")
@@ -171,7 +172,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latentdiff.loading import load_model
+    from latentdiff.loading import load_model, model_flags
     from latentdiff.pipelines.samplers import sampler_names
 
     if args.sampler not in sampler_names():
@@ -180,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     prompts = read_prompt_set(args.prompts)
-    loaded = load_model(args.model, device=args.device)
+    loaded = load_model(args.model, device=args.device, genie_head=args.genie_head)
     loaded.pipe.set_progress_bar_config(disable=True)
     result = evaluate(loaded.pipe, prompts, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                       images_per_prompt=args.images_per_prompt, seed=args.seed, batch_size=args.batch_size)
@@ -188,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
           f"{args.steps} steps, guidance {args.guidance}, {result.seconds:.1f} s")
     print(result.table())
     command = "latentdiff eval " + shlex.join(
-        ([f"--model={args.model}"] if args.model else []) + [f"--prompts={args.prompts}", f"--sampler={args.sampler}",
+        model_flags(args) + [f"--prompts={args.prompts}", f"--sampler={args.sampler}",
          f"--steps={args.steps}", f"--guidance={args.guidance}", f"--images-per-prompt={args.images_per_prompt}",
          f"--seed={args.seed}", "--json=r.json"])
     rep = report(result, loaded.source, args.prompts, command)
