@@ -508,13 +508,14 @@ class LatentDiffusionPipeline(
         # 7. Denoising loop
         num_warmup_steps = len(timesteps) - num_inference_steps * self.scheduler.order
         self._num_timesteps = len(timesteps)
+        genie = self._genie()  # GENIE: the UNet's last features for the head, every step; else a no-op
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
                 model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
                 model_input = self.scheduler.scale_model_input(model_input, t)  # (2B, C, h, w) with guidance
-                with self._genie() as genie:  # GENIE: the UNet's last features for the head; else a no-op
+                with genie:
                     noise_pred = self.unet(model_input, self._unet_timestep(t), encoder_hidden_states=text_embeds,
                                            timestep_cond=timestep_cond, cross_attention_kwargs=cross_attention_kwargs,
                                            return_dict=False)[0]  # eps (or v); for CLD eps_v, (B, C, h, w) per half
