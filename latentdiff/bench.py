@@ -130,11 +130,15 @@ def bench_generate(pipe, source: str, prompt: str = "a red circle above a blue s
 
     run(pipe), run(stock)  # warm-up: allocator, kernels, lazy imports
     ours, theirs = [], []
-    for _ in range(repeats):  # alternate, so slow drift of the machine hits both equally
-        t, ours_images, ours_peak = run(pipe)
-        ours.append(t)
-        t, stock_images, stock_peak = run(stock)
-        theirs.append(t)
+    for i in range(repeats):  # alternate in ABBA order, so drift of the machine and going first hit both equally
+        for p in ((pipe, stock) if i % 2 == 0 else (stock, pipe)):
+            t, images, peak = run(p)
+            if p is pipe:
+                ours.append(t)
+                ours_images, ours_peak = images, peak
+            else:
+                theirs.append(t)
+                stock_images, stock_peak = images, peak
     return GenerateBenchResult(
         source=source, device=str(device), steps=steps, height=height, width=width, batch=batch,
         ours_s=statistics.median(ours), stock_s=statistics.median(theirs),

@@ -175,7 +175,7 @@ def _add_bench(sub) -> None:
     g.add_argument("--width", type=int)
     g.add_argument("--batch", type=_positive_int, default=1, help="images per call")
     g.add_argument("--guidance", type=float, default=7.5)
-    g.add_argument("--repeats", type=_positive_int, default=5, help="timed calls per pipeline (median reported)")
+    g.add_argument("--repeats", type=_positive_int, default=10, help="timed calls per pipeline (median reported)")
     g.add_argument("--device", default="auto")
     g.add_argument("--json", help="also write the result as JSON to this file")
     g.set_defaults(func=_run_bench_generate)
