@@ -343,6 +343,9 @@ def squash(text: str) -> str:
 @given(st.text(max_size=40) | st.text(st.characters(codec="utf-8"), min_size=1, max_size=12).map(lambda s: f"a {s} b"))
 def test_any_unicode_prompt(text):
     assume("<|startoftext|>" not in text and "<|endoftext|>" not in text)  # these map to bos / eos, as in OpenAI's
+    # Code points this Python's Unicode database does not know (category Cn) may have a case mapping in the newer
+    # Unicode of the tokenizers' libraries (e.g. U+16EA0, Unicode 16): casefold() here cannot say what to expect.
+    assume(all(unicodedata.category(c) != "Cn" for c in text))
     for tok in tokenizers_under_test():
         ids = tok(text).input_ids
         body = ids[1:-1]
