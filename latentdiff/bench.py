@@ -115,30 +115,38 @@ def bench_generate(pipe, source: str, prompt: str = "a red circle above a blue s
     kwargs = dict(num_inference_steps=steps, guidance_scale=guidance, height=height, width=width,
                   num_images_per_prompt=batch, output_type="np")
 
-    def run(p) -> tuple[float, np.ndarray, float | None]:
+    def call(p) -> np.ndarray:
+        return p(prompt, generator=torch.Generator(device).manual_seed(seed), **kwargs).images
+
+    def seconds_per_image(p) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        call(p)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / batch
+
+    def images_and_peak_mb(p) -> tuple[np.ndarray, float | None]:
+        """One untimed call (so measuring memory never slows a timed one): its images and peak memory."""
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+            images = call(p)
+            torch.cuda.synchronize()
+            return images, torch.cuda.max_memory_allocated() / 2**20
         with PeakRSS() as rss:
-            start = time.perf_counter()
-            images = p(prompt, generator=torch.Generator(device).manual_seed(seed), **kwargs).images
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-        peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else rss.peak_mb
-        return seconds / batch, images, peak
+            images = call(p)
+        return images, rss.peak_mb
 
-    run(pipe), run(stock)  # warm-up: allocator, kernels, lazy imports
+    call(pipe), call(stock)  # warm-up: allocator, kernels, lazy imports
+    ours_images, ours_peak = images_and_peak_mb(pipe)
+    stock_images, stock_peak = images_and_peak_mb(stock)
     ours, theirs = [], []
     for i in range(repeats):  # alternate in ABBA order, so drift of the machine and going first hit both equally
-        for p in ((pipe, stock) if i % 2 == 0 else (stock, pipe)):
-            t, images, peak = run(p)
-            if p is pipe:
-                ours.append(t)
-                ours_images, ours_peak = images, peak
-            else:
-                theirs.append(t)
-                stock_images, stock_peak = images, peak
+        pairs = [(pipe, ours), (stock, theirs)]
+        for p, times in pairs if i % 2 == 0 else pairs[::-1]:
+            times.append(seconds_per_image(p))
     return GenerateBenchResult(
         source=source, device=str(device), steps=steps, height=height, width=width, batch=batch,
         ours_s=statistics.median(ours), stock_s=statistics.median(theirs),

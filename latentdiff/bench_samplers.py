@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from latentdiff.data.shapes import CATEGORIES
 from latentdiff.eval.prompts import PromptSpec, read_prompt_set
-from latentdiff.eval.run import score_prompt, tally
+from latentdiff.eval.run import score_images
 
 DEFAULT_SAMPLERS = {  # what `bench samplers` compares when --samplers is not given, per noise process
     "ddpm": ("ddim", "euler", "heun", "lms", "dpm++2m", "dpm++2m_karras", "unipc", "deis"),
@@ -332,8 +332,7 @@ def _score(pipe, prompts: list[tuple[str, PromptSpec]], k: int, latents: torch.T
     images: list[Image.Image] = []
     for first in range(0, len(latents), batch_size):
         images += decode_latents(pipe, latents[first:first + batch_size])
-    per_prompt = [score_prompt(p, spec, images[i * k:(i + 1) * k]) for i, (p, spec) in enumerate(prompts)]
-    return tally(per_prompt, settings={}, seconds=0.0)
+    return score_images(prompts, images, k)
 
 
 def _fingerprint(pipe) -> str:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from latentdiff.bench_samplers import int_list, plan_batches, select_prompts
 from latentdiff.eval.prompts import PromptSpec, read_prompt_set
-from latentdiff.eval.run import score_prompt, tally
+from latentdiff.eval.run import score_images
 
 DEFAULT_SAMPLERS = ("dpm++2m", "unipc")  # the model's candidates: the best few-step solvers of `bench samplers`
 DEFAULT_STEPS = (6, 8, 10, 15, 20)
@@ -136,8 +136,7 @@ def measure(pipe, row: Candidate, prompts: list[tuple[str, PromptSpec]], plan, k
     """Fill `row` with the score and seconds per image of `pipe` (its scheduler already set) on `prompts`."""
     _run(pipe, plan[:1], k, min(row.steps, 2), row.guidance)  # warm-up: allocator, kernels, lazy imports
     images, seconds = _run(pipe, plan, k, row.steps, row.guidance)
-    scored = tally([score_prompt(p, spec, images[i * k:(i + 1) * k]) for i, (p, spec) in enumerate(prompts)],
-                   settings={}, seconds=seconds)
+    scored = score_images(prompts, images, k, seconds)
     row.overall, row.categories = scored.overall, scored.categories
     row.seconds_per_image, row.images = seconds / len(images), len(images)
     return row

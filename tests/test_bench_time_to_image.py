@@ -1,4 +1,5 @@
-"""`latentdiff bench time-to-image`: choosing the fastest correct configuration, the stock baseline, bad input."""
+"""`latentdiff bench time-to-image`: choosing the fastest correct configuration, the stock baseline, bad input; and
+`latentdiff bench generate`, its pipeline-speed counterpart."""
 
 import json
 from pathlib import Path
@@ -87,3 +88,18 @@ def test_cli_with_a_distilled_student_writes_json_and_png(prompt_file, tmp_path,
     assert payload["command"].startswith("latentdiff bench time-to-image --model=preset:tiny")
     assert (out / "time_to_image.png").stat().st_size > 0
     assert "time to a correct image" in capsys.readouterr().out
+
+
+def test_bench_generate_draws_the_same_images_as_stock_and_reports_memory(tiny_pipe):
+    from latentdiff.bench import PeakRSS, bench_generate
+
+    result = bench_generate(tiny_pipe, "preset:tiny", steps=2, repeats=3, guidance=5.0)
+    assert result.max_abs_diff == 0.0  # same components, scheduler and seed: the same pixels
+    assert result.ours_s > 0 and result.stock_s > 0 and result.speedup > 0
+    assert result.ours_peak_mb is not None and result.ours_peak_mb >= 0  # CPU: resident-set growth of one call
+    with PeakRSS() as rss:
+        block = bytearray(64 * 2**20)  # 64 MB, touched below so its pages are resident
+        block[::4096] = b"x" * len(block[::4096])
+    assert rss.peak_mb >= 60
+    with pytest.raises(ValueError, match="--repeats must be >= 1"):
+        bench_generate(tiny_pipe, "preset:tiny", repeats=0)

@@ -103,6 +103,13 @@ def tally(per_prompt: list[dict[str, Any]], settings: dict[str, Any], seconds: f
                       settings=settings, seconds=seconds, images=images or [])
 
 
+def score_images(prompts: list[tuple[str, PromptSpec]], images: list[Image.Image], k: int,
+                 seconds: float = 0.0) -> EvalResult:
+    """EvalResult of `images`, k per prompt in the order of `prompts` (prompt-major), judged as `latentdiff eval`."""
+    return tally([score_prompt(p, spec, images[i * k:(i + 1) * k]) for i, (p, spec) in enumerate(prompts)],
+                 settings={}, seconds=seconds)
+
+
 def marked_grid(result: EvalResult, per_category: int = 12) -> Image.Image:
     """One row per category: the first image of its first prompts, framed green (pass) or red (fail)."""
     tiles = []
