@@ -6,7 +6,10 @@
 `latentdiff push MODEL_DIR --repo-id USER/NAME [--private] [--revision BRANCH] [--dry-run]` does the same from
 the command line. An upload is built in a *staging directory*; the model folder itself is never changed:
 
-1. weights are copied (safetensors only; a component whose weights exist only as pickle files is refused),
+1. each component folder's files are copied if they are what a diffusers folder holds (configs, safetensors
+   weights, tokenizer files, custom-code modules) and are regular files inside the model folder; any other
+   file, a link that leads out of the folder, a FIFO or device is left out and named in a note (a component whose
+   weights exist only as pickle files is refused),
 2. `model_index.json` is rewritten so that one line of plain diffusers loads the repo:
    - a standard folder (our `LatentDiffusionPipeline` with stock diffusers/transformers components) is
      declared a `StableDiffusionPipeline`, which it is: `DiffusionPipeline.from_pretrained(repo)` needs no

@@ -14,8 +14,8 @@ from latentdiff.hub.stage import StagedFile, StagedUpload, stage_folder
 from latentdiff.hub.tokens import HubError, loggable_args, redact, resolve_token
 from latentdiff.loading import REPO_ID
 
-__all__ = ["HubError", "PushResult", "add_arguments", "add_hub_arguments", "check_hub_arguments", "loggable_args",
-           "main", "push_folder", "redact", "run"]
+__all__ = ["HubError", "PushResult", "add_arguments", "add_hub_arguments", "check_hub_arguments", "check_repo_id",
+           "loggable_args", "main", "push_folder", "redact", "run"]
 
 HUB_URL = "https://huggingface.co"
 # Above this size, use upload_large_folder where this huggingface_hub has it (resumable, several commits);
@@ -30,6 +30,20 @@ class PushResult:
     dry_run: bool
     url: str | None  # the commit URL after an upload; None for a dry run
     staged: StagedUpload  # the staged upload (its folder is gone unless stage_dir was given)
+
+
+def check_repo_id(repo_id: Any, flag: str = "the repo id") -> None:
+    """HubError (a ValueError) unless `repo_id` is a USER/NAME the Hub accepts (huggingface_hub's own rules)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        if not isinstance(repo_id, str) or not REPO_ID.match(repo_id):
+            raise HFValidationError(repo_id)
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise HubError(f"{flag} must look like USER/NAME (letters, digits, - _ .; no '--' or '..', no '.git' at the "
+                       f"end, each part at most 96 characters and not starting or ending with - or .), "
+                       f"got {repo_id!r}.") from None
 
 
 def _one_line(err: BaseException, token: str | None) -> str:
@@ -100,8 +114,7 @@ def push_folder(
     Raises HubError with one redacted line for anything the user can fix (folder, token, network).
     """
     token = resolve_token(token)
-    if not isinstance(repo_id, str) or not REPO_ID.match(repo_id):
-        raise HubError(f"the repo id must look like USER/NAME (letters, digits, - _ .), got {repo_id!r}.")
+    check_repo_id(repo_id)
     if not dry_run and not token:
         raise HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (or use --dry-run).")
     with tempfile.TemporaryDirectory(prefix="latentdiff-push-") as tmp:
@@ -141,8 +154,7 @@ def check_hub_arguments(args: argparse.Namespace) -> None:
     if getattr(args, "push_to_hub", False):
         if not args.hub_repo_id:
             raise ValueError("--push-to-hub needs --hub-repo-id USER/NAME.")
-        if not REPO_ID.match(args.hub_repo_id):
-            raise ValueError(f"--hub-repo-id must look like USER/NAME, got {args.hub_repo_id!r}.")
+        check_repo_id(args.hub_repo_id, "--hub-repo-id")
         if not resolve_token():
             raise ValueError("--push-to-hub needs a Hugging Face token: set HF_TOKEN or run `hf auth login`.")
 

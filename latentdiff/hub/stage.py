@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -28,6 +30,12 @@ OUR_PIPELINE = "LatentDiffusionPipeline"
 # Weight formats other than safetensors: never uploaded (pickles can run code; the rest diffusers won't read).
 NOT_SAFETENSORS = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".msgpack", ".h5", ".onnx", ".pb")
 SAMPLES_DIR = "samples"
+# What a component folder of a diffusers pipeline holds: configs (config.json, scheduler_config.json, tokenizer and
+# generation configs, safetensors index files), safetensors weights, tokenizer vocabularies (merges.txt, vocab.txt,
+# sentencepiece *.model, chat templates) and the modules of custom-code components. Anything else is left out with a
+# note, so that a stray file (notes, logs, keys) in a model folder is never published by accident.
+COMPONENT_SUFFIXES = (".json", ".safetensors", ".model", ".jinja", ".py")
+COMPONENT_NAMES = frozenset({"merges.txt", "vocab.txt"})
 
 
 @dataclass(frozen=True)
@@ -110,22 +118,59 @@ def _is_repo_id(name: str | None) -> bool:
     return bool(name) and bool(REPO_ID.match(name)) and not Path(name).exists()
 
 
+def _unsafe(path: Path, root: Path) -> str | None:
+    """Why `path` must not be staged (a link that leaves `root`, which is resolved, or not a regular file), or None."""
+    try:
+        target = path.resolve(strict=True)
+        mode = target.stat().st_mode
+    except (OSError, RuntimeError):  # a broken or looping link
+        return "a broken link"
+    if not target.is_relative_to(root):
+        return "a link to a file outside the model folder"
+    if not stat.S_ISREG(mode):
+        return "not a regular file"
+    return None
+
+
+def _copy_file(path: Path, dst: Path, root: Path) -> None:
+    """Copy `path`, which must be a regular file inside `root` (links are resolved and checked), to `dst`."""
+    why = _unsafe(path, root)
+    if why:
+        raise HubError(f"{path} is {why}; only regular files inside the model folder are uploaded.")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(path.resolve(), dst)
+
+
 def _copy_tree(src: Path, dst: Path, notes: list[str], root: Path) -> None:
-    """Copy `src` into `dst`, leaving out hidden files, caches and non-safetensors weights (noted)."""
-    for path in sorted(src.rglob("*")):
-        rel = path.relative_to(src)
-        if any(part.startswith(".") or part == "__pycache__" for part in rel.parts) or not path.is_file():
-            continue
-        if path.name.endswith(NOT_SAFETENSORS) or path.name.endswith(tuple(s + ".index.json" for s in NOT_SAFETENSORS)):
-            notes.append(f"left out {path.relative_to(root).as_posix()} (not safetensors)")
-            continue
-        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, dst / rel)
+    """Copy the files of `src` that a diffusers component folder holds into `dst`; every other file, each link
+    that leaves `root` and each non-regular file is left out with a note (hidden files and caches silently)."""
+    for dirpath, dirnames, filenames in os.walk(src):  # followlinks=False: a linked folder is listed, never entered
+        here = Path(dirpath)
+        for name in [d for d in dirnames if (here / d).is_symlink()]:
+            notes.append(f"left out {(here / name).relative_to(root).as_posix()}/ (a linked folder)")
+        dirnames[:] = sorted(d for d in dirnames if not (d.startswith(".") or d == "__pycache__"
+                                                         or (here / d).is_symlink()))
+        for name in sorted(f for f in filenames if not f.startswith(".")):
+            path = here / name
+            shown = path.relative_to(root).as_posix()
+            if name.endswith(NOT_SAFETENSORS) or name.endswith(tuple(s + ".index.json" for s in NOT_SAFETENSORS)):
+                notes.append(f"left out {shown} (not safetensors)")
+                continue
+            why = _unsafe(path, root)
+            if why is None and not (name.endswith(COMPONENT_SUFFIXES) or name in COMPONENT_NAMES):
+                why = "not a file a diffusers folder holds: configs, safetensors weights, tokenizer files, code"
+            if why:
+                notes.append(f"left out {shown} ({why})")
+                continue
+            target = dst / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path.resolve(), target)
 
 
-def _copy_module(module: str, search: Sequence[Path], dst: Path) -> list[str]:
+def _copy_module(module: str, search: Sequence[Path], dst: Path, root: Path) -> list[str]:
     """Copy `module`.py from the first folder of `search` that has it, with the sibling files it imports
-    relatively (recursively, as diffusers resolves them), into `dst`; returns the file names copied."""
+    relatively (recursively, as diffusers resolves them), into `dst`; returns the file names copied. A file in the
+    model folder `root` must be a regular file inside it."""
     from diffusers.utils.dynamic_modules_utils import get_relative_import_files
 
     for folder in search:
@@ -142,7 +187,10 @@ def _copy_module(module: str, search: Sequence[Path], dst: Path) -> list[str]:
     for path in files:
         if not path.is_file():
             raise HubError(f"{source} imports {path.stem} relatively, but {path} does not exist.")
-        shutil.copy2(path, dst / path.name)
+        if path.absolute().is_relative_to(root):
+            _copy_file(path, dst / path.name, root)
+        else:  # our own pipeline files, or a --code-dir the user named
+            shutil.copy2(path, dst / path.name)
     return [p.name for p in files]
 
 
@@ -188,6 +236,9 @@ def _stage_pipeline(folder: Path, stage: Path, code_dirs: Sequence[Path],
             "LatentDiffusionPipeline.from_pretrained(DIR, use_safetensors=False).save_pretrained(NEW_DIR)."
         )
     for name in components:
+        if not (folder / name).resolve().is_relative_to(folder):
+            raise HubError(f"{folder}: the component folder {name} is a link to {(folder / name).resolve()}, outside "
+                           "the model folder; copy it in, since only files inside the model folder are uploaded.")
         _copy_tree(folder / name, stage / name, notes, folder)
 
     index_in, class_name = index, index["_class_name"]
@@ -224,10 +275,10 @@ def _stage_pipeline(folder: Path, stage: Path, code_dirs: Sequence[Path],
             f"{folder}: components {sorted(custom)} need custom code, but the pipeline {class_name!r} is not "
             f"latentdiff's {OUR_PIPELINE}; save the model with {OUR_PIPELINE} to publish it."
         )
-    code_files += _copy_module(module, search, stage)
+    code_files += _copy_module(module, search, stage, folder)
     for name, (library, cls_name) in custom.items():
         component_module = library.rsplit(".", 1)[-1]
-        copied = _copy_module(component_module, [folder / name, *search], stage / name)
+        copied = _copy_module(component_module, [folder / name, *search], stage / name, folder)
         code_files += [f"{name}/{f}" for f in copied]
         index[name] = [component_module, cls_name]
     _write_index(stage, [module, cls], index)
@@ -393,7 +444,7 @@ def stage_folder(
         loader, pipeline_class, code_files = _stage_pipeline(folder, stage, [Path(d) for d in code_dirs], notes)
     elif (folder / LORA_WEIGHTS).is_file():
         kind, loader, pipeline_class, code_files = "lora", "lora", None, []
-        shutil.copy2(folder / LORA_WEIGHTS, stage / LORA_WEIGHTS)
+        _copy_file(folder / LORA_WEIGHTS, stage / LORA_WEIGHTS, folder)
     elif (folder / LORA_PICKLE).is_file():
         raise HubError(f"{folder}: the LoRA weights exist only as {LORA_PICKLE} (pickle), which can run arbitrary "
                        f"code when loaded; save them as {LORA_WEIGHTS} (save_lora_weights does by default).")

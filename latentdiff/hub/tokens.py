@@ -26,11 +26,10 @@ class HubError(ValueError):
 
 
 def resolve_token(token: str | None = None) -> str | None:
-    """The token to use: `token`, else $HF_TOKEN, else the one saved by `hf auth login` (None if there is none)."""
+    """The token to use: `token`, else huggingface_hub's (`get_token`: $HF_TOKEN, else the one saved by
+    `hf auth login`; None if there is none)."""
     if token:
         return token
-    if os.environ.get("HF_TOKEN"):
-        return os.environ["HF_TOKEN"]
     from huggingface_hub import get_token
 
     return get_token()
