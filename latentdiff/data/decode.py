@@ -10,15 +10,22 @@ dataset must not go unnoticed either. So every file goes through `decode_image`,
   16-bit and 32-bit grey (I;16*, I) is scaled from 0..65535, float grey (F) from 0..1 (or 0..255 when its
   values go above 1), CMYK / YCbCr / LAB / HSV / 1-bit through Pillow's own conversion.
 
+Captions are text files too: `decode_caption` reads UTF-8 (a byte-order mark is dropped) or BOM-marked UTF-16/32,
+and anything else (Latin-1 bytes, UTF-16 without a BOM) is a `SkipError("bad_caption")`, never trained on as
+garbage. `check_regular` refuses FIFOs, devices and folders before anything opens them (opening a FIFO waits
+for a writer forever).
+
 Skips are recorded as `SkipRecord(name, reason, detail)` and counted by a `SkipCounter`, which the data
 loader's batches feed (see `latentdiff.data.dataset`) and which prints one summary at the end of training.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import io
 import os
+import stat
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,6 +39,8 @@ __all__ = [
     "SkipCounter",
     "SkipError",
     "SkipRecord",
+    "check_regular",
+    "decode_caption",
     "decode_image",
     "exif_size",
     "probe_image",
@@ -48,6 +57,13 @@ SKIP_REASONS: tuple[str, ...] = (
     "missing_caption",  # no caption, with missing_caption="skip"
     "outside_root",     # a metadata file_name that resolves outside the dataset folder, with outside_root="skip"
     "missing_file",     # listed in the metadata but not there (or not readable)
+    "not_file",         # not a regular file: a FIFO, a device or a folder named like an image
+    "bad_caption",      # a caption that is not text: undecodable bytes, NULs, or a JSON object instead of a string
+)
+# Byte-order marks of the encodings a caption file may declare; UTF-32's first, since UTF-16 LE's is its prefix.
+_CAPTION_BOMS: tuple[tuple[bytes, str], ...] = (
+    (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
 )
 
 # File signatures of the formats we expect; an unreadable file that starts with one is "corrupt", else "not_image".
@@ -124,6 +140,34 @@ class SkipCounter:
             warnings.warn(self.summary(), RuntimeWarning, stacklevel=2)
 
 
+def check_regular(path: str | os.PathLike) -> int:
+    """The size of the regular file at `path` (links followed), or a SkipError: "missing_file" when it cannot be
+    found or read, "not_file" for a FIFO, device or folder. Call it before opening a path from a dataset."""
+    try:
+        info = os.stat(path)
+    except OSError as e:
+        raise SkipError("missing_file", str(e)) from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) else \
+            "a device or socket"
+        raise SkipError("not_file", f"{kind}, not a regular file")
+    return info.st_size
+
+
+def decode_caption(data: bytes) -> str:
+    """The text of a caption file: UTF-8 (BOM dropped) or UTF-16/32 with a BOM; else SkipError("bad_caption")."""
+    encoding = next((enc for bom, enc in _CAPTION_BOMS if data.startswith(bom)), "utf-8")
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise SkipError("bad_caption", f"not UTF-8 text ({e.reason} at byte {e.start}); save captions as "
+                                       "UTF-8") from None
+    if "\x00" in text:  # valid UTF-8 but not text: typically UTF-16 without a byte-order mark
+        raise SkipError("bad_caption", "contains NUL characters (UTF-16 without a byte-order mark?); save captions "
+                                       "as UTF-8")
+    return text
+
+
 @contextlib.contextmanager
 def _quiet_pil() -> Iterator[None]:
     """Pillow's per-file warnings (corrupt EXIF, palette transparency ...) off, so a big dataset does not
@@ -140,8 +184,8 @@ def _open(data: bytes | str | os.PathLike, max_pixels: int) -> Image.Image:
     if isinstance(data, (bytes, bytearray, memoryview)):
         size, head, fp = len(data), bytes(data[:16]), io.BytesIO(data)
     else:
+        size, fp = check_regular(data), data
         try:
-            size, fp = os.path.getsize(data), data
             with open(data, "rb") as f:
                 head = f.read(16)
         except OSError as e:

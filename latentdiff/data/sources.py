@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from latentdiff.data.decode import SkipRecord
+from latentdiff.data.decode import SkipError, SkipRecord, check_regular, decode_caption
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -59,9 +59,11 @@ class Record:
     data: bytes | None = None             # ... or the bytes themselves
 
     def read(self) -> bytes:
-        """The file's bytes; OSError (FileNotFoundError ...) when it cannot be read."""
+        """The file's bytes; OSError (FileNotFoundError ...) when it cannot be read, SkipError("not_file") when it
+        is a FIFO, device or folder (which are never opened: a FIFO would block)."""
         if self.data is not None:
             return self.data
+        check_regular(self.path)
         with open(self.path, "rb") as f:
             return f.read()
 
@@ -86,15 +88,27 @@ def resolve_inside(root: Path, file_name: str) -> Path:
 
 
 def _normalize_caption(caption: Any) -> str | tuple[str, ...] | None:
-    """A caption value as stored -> a stripped string, a tuple of them, or None when there is none."""
+    """A caption value as stored -> a stripped string, a tuple of them, or None when there is none; a value that
+    is not text (a JSON object, a number, a list holding one) is a SkipError("bad_caption"), never its repr."""
     if caption is None:
         return None
     if isinstance(caption, str):
         return caption.strip()
-    if isinstance(caption, (list, tuple)):
-        captions = tuple(str(c).strip() for c in caption if c is not None)
+    if isinstance(caption, (list, tuple)) and all(isinstance(c, str) or c is None for c in caption):
+        captions = tuple(c.strip() for c in caption if c is not None)
         return captions or None
-    return str(caption).strip()
+    if isinstance(caption, (list, tuple)):
+        odd = next(c for c in caption if not (isinstance(c, str) or c is None))
+        got = f"a list holding {_json_type(odd)}"
+    else:
+        got = _json_type(caption)
+    raise SkipError("bad_caption", f"a caption must be a string or a list of strings, got {got}")
+
+
+def _json_type(value: Any) -> str:
+    """What a decoded JSON value is, in words, for messages."""
+    names = {dict: "an object", list: "a list", tuple: "a list", bool: "a boolean", int: "a number", float: "a number"}
+    return names.get(type(value), f"a {type(value).__name__}")
 
 
 class _Checked:
@@ -110,7 +124,11 @@ class _Checked:
 
     def caption(self, name: str, caption: Any) -> str | tuple[str, ...] | None:
         """The normalised caption, "" (policy empty), or None (skip this entry)."""
-        caption = _normalize_caption(caption)
+        try:
+            caption = _normalize_caption(caption)
+        except SkipError as e:
+            self.skip(name, e)
+            return None
         if caption is not None:
             return caption
         if self.missing_caption == "empty":
@@ -121,6 +139,10 @@ class _Checked:
             self._missing.append(name)
         return None
 
+    def skip(self, name: str, error: SkipError) -> None:
+        """An entry that can never be used (not a regular file, a caption that is not text): counted, skipped."""
+        self.skipped.append(SkipRecord(name, error.reason, error.detail))
+
     def outside(self, name: str, error: ValueError) -> None:
         if self.outside_root == "skip":
             self.skipped.append(SkipRecord(name, "outside_root", str(error)))
@@ -130,10 +152,12 @@ class _Checked:
     def raise_errors(self) -> None:
         if self._outside:
             raise ValueError(f"{self.where}: {len(self._outside)} entries point outside the dataset folder: "
-                             f"{_listing(self._outside)}. Fix the metadata, or pass outside_root='skip' to skip them.")
+                             f"{_listing(self._outside)}. Fix the metadata, or skip them: outside_root='skip' "
+                             f"(--outside-root skip in the training scripts).")
         if self._missing:
             raise ValueError(f"{self.where}: {len(self._missing)} images have no caption: {_listing(self._missing)}. "
-                             f"Add captions, or pass missing_caption='empty' (train with \"\") or 'skip'.")
+                             f"Add captions, or pass missing_caption='empty' (train with \"\") or 'skip' "
+                             f"(--missing-caption in the training scripts).")
 
 
 class _MapSource:
@@ -179,15 +203,28 @@ class ImageFolderSource(_MapSource):
         self.records = []
         columns: set[str] = set()
         for line_no, row in _read_metadata(metadata[0]):
+            where = f"{metadata[0]}, line {line_no}"
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object such as {{\"file_name\": \"a.png\", "
+                                 f"\"{caption_column}\": \"a caption\"}}, got {_json_type(row)}")
             file_name = row.get("file_name")
             if not file_name:
-                raise ValueError(f"{metadata[0]}, line {line_no}: no 'file_name'; every row needs one")
+                raise ValueError(f"{where}: no 'file_name'; every row needs one")
+            if not isinstance(file_name, str):
+                raise ValueError(f"{where}: 'file_name' must be a string (a path relative to {self.root}), "
+                                 f"got {file_name!r}")
             try:
                 path = resolve_inside(self.root, file_name)
             except ValueError as e:
                 check.outside(file_name, e)
                 continue
             columns.update(row)
+            if path.exists():  # (a missing file is found, and counted, when it is read)
+                try:
+                    check_regular(path)
+                except SkipError as e:
+                    check.skip(file_name, e)
+                    continue
             caption = check.caption(file_name, row.get(caption_column))
             if caption is not None:
                 self.records.append(Record(file_name, caption, path=str(path)))
@@ -221,7 +258,12 @@ class SidecarSource(_MapSource):
                     check.outside(name, e)
                     continue
                 text_file = Path(dirpath) / (os.path.splitext(filename)[0] + caption_extension)
-                text = text_file.read_text(encoding="utf-8", errors="replace") if text_file.is_file() else None
+                try:
+                    check_regular(path)
+                    text = decode_caption(text_file.read_bytes()) if text_file.is_file() else None
+                except SkipError as e:
+                    check.skip(name, e)
+                    continue
                 caption = check.caption(name, text)
                 if caption is not None:
                     self.records.append(Record(name, caption, path=str(path)))
@@ -339,9 +381,10 @@ class WebDatasetSource:
         return expand_urls(shards)
 
     def _caption(self, sample: dict[str, Any], name: str) -> str | tuple[str, ...] | None:
+        """The sample's caption, "" (policy empty) or None (policy skip); SkipError("bad_caption") when not text."""
         caption = None
         if "txt" in sample:
-            caption = sample["txt"].decode("utf-8", errors="replace")
+            caption = decode_caption(sample["txt"])
         elif "json" in sample:
             try:
                 caption = json.loads(sample["json"]).get(self.caption_column)
@@ -379,7 +422,11 @@ class WebDatasetSource:
                 continue
             name = f"{os.path.basename(str(sample.get('__url__')))}:{sample['__key__']}"
             image_key = next((k for k in WDS_IMAGE_KEYS if k in sample), None)
-            caption = self._caption(sample, name)
+            try:
+                caption = self._caption(sample, name)
+            except SkipError as e:
+                yield SkipRecord(name, e.reason, e.detail)
+                continue
             if image_key is None:
                 yield SkipRecord(name, "not_image", f"no {'/'.join(WDS_IMAGE_KEYS)} member")
             elif caption is None:
