@@ -55,12 +55,15 @@ def _add_generate(sub) -> None:
     p.add_argument("--negative", dest="negative_prompt", help="negative prompt: what to guide away from")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("-o", "--output", default="latentdiff.png", help="output PNG (default latentdiff.png)")
+    p.add_argument("--overwrite", action="store_true", help="replace output files that exist (default: refuse)")
     p.set_defaults(func=_run_generate)
 
 
 _GENERATE_DEFAULTS = {"steps": 20, "guidance": 7.5, "seed": 0, "num_images": 1}
 _REQUEST_FIELDS = ("prompt", "negative_prompt", "sampler", "steps", "guidance", "seed", "num_images", "height",
                    "width")
+_FLAGS = {"prompt": "a prompt", "negative_prompt": "--negative", "sampler": "--sampler", "steps": "--steps",
+          "guidance": "--guidance", "seed": "--seed", "num_images": "-n", "height": "--height", "width": "--width"}
 
 
 def _stored_parameters(image: str) -> dict:
@@ -74,37 +77,61 @@ def _stored_parameters(image: str) -> dict:
     return params
 
 
-def _from_image(image: str) -> dict:
-    """The stored parameters of `image` as generate's arguments."""
+def _from_image(image: str, given: dict) -> dict:
+    """The stored parameters of `image` that flags (`given`) do not override, checked, as generate's arguments."""
+    from latentdiff.generate import check_value
+
     stored = _stored_parameters(image)
-    values = {k: stored[k] for k in _REQUEST_FIELDS if stored.get(k) is not None}
+    values = {k: stored[k] for k in _REQUEST_FIELDS if stored.get(k) is not None and k not in given}
     if values.get("sampler") not in _SAMPLERS:
         # Made without --sampler: the value is the scheduler class the model folder itself sets, which the
         # model loads with again.
         values.pop("sampler", None)
-    if stored.get("model"):
-        # loading.load_model records a preset as "preset:NAME (random weights)"; presets are seeded, so the
-        # same preset name builds the same weights.
-        values["model"] = stored["model"].removesuffix(" (random weights)")
+    for key, value in values.items():
+        try:
+            check_value(key, value)
+        except ValueError as err:
+            raise ValueError(f"{image} carries a bad parameter: {err} Give {_FLAGS[key]} to override it.") from None
+    if stored.get("model") is not None and "model" not in given:
+        values["model"] = _stored_model(image, stored["model"])
     return values
 
 
+def _stored_model(image: str, model) -> str:
+    """The model a PNG names, when it is here: a preset or a local folder. A repo id is never downloaded because
+    a file said so; the user names it with --model."""
+    from pathlib import Path
+
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"{image} carries a bad parameter: model must be a folder, repo id or preset:NAME, got "
+                         f"{model!r}. Give --model to override it.")
+    # loading.load_model records a preset as "preset:NAME (random weights)"; presets are seeded, so the same
+    # preset name builds the same weights.
+    model = model.removesuffix(" (random weights)")
+    if model.startswith("preset:") or Path(model).is_dir():
+        return model
+    raise ValueError(f"{image} was made with the model {model!r}, which is not a folder here, and --from downloads "
+                     f"nothing by itself: pass --model {model} to fetch it from the hub, or --model DIR.")
+
+
 def _run_generate(args) -> None:
-    from latentdiff.generate import GenerationRequest, generate_files
+    from latentdiff.generate import GenerationRequest, check_output, generate_files
     from latentdiff.loading import load_model
 
-    if not args.output.lower().endswith(".png"):
-        raise ValueError(f"-o must name a .png file, got {args.output!r}.")
+    # 1. Everything is checked before the model is loaded: the request, and that -o can be written
     given = {k: getattr(args, k) for k in (*_REQUEST_FIELDS, "model") if getattr(args, k) is not None}
-    values = _GENERATE_DEFAULTS | (_from_image(args.from_image) if args.from_image else {}) | given
+    values = _GENERATE_DEFAULTS | (_from_image(args.from_image, given) if args.from_image else {}) | given
     if not values.get("prompt"):
         raise ValueError("Give a prompt to draw, or --from IMAGE.png to make an image again.")
     model = values.pop("model", None)
+    request = GenerationRequest(**values)
+    check_output(args.output, request.num_images, args.overwrite)
+    # 2. Load and generate
     loaded = load_model(model, device=args.device)
     if model is None and loaded.random_weights:
         print(f"note: generating with {loaded.source}: no trained default model is shipped yet, so the image is "
               "noise-like. Pass --model DIR_OR_REPO_ID to use a trained one.", file=sys.stderr)
-    for path in generate_files(loaded, GenerationRequest(**values), args.output):
+    for path in generate_files(loaded, request, args.output, overwrite=args.overwrite):
         print(path)
 
 

@@ -39,7 +39,20 @@ def save_png(image: Image.Image, path: str | Path, parameters: dict[str, Any] | 
 
 
 def read_parameters(path: str | Path) -> dict[str, Any] | None:
-    """The generation parameters stored by `save_png`, or None when the PNG has none."""
+    """The generation parameters stored by `save_png`, or None when the PNG has none; a ValueError when its
+    chunk is not a JSON object (a file edited or crafted by hand)."""
     with Image.open(path) as image:
         text = getattr(image, "text", {}).get(PARAMETERS_KEY)
-    return json.loads(text) if text else None
+    if not text:
+        return None
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: its {PARAMETERS_KEY!r} text chunk is not valid JSON ({err}); it was not written "
+                         "by latentdiff, or was changed since.") from None
+    if not isinstance(params, dict):
+        kind = {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(params), "null")
+        raise ValueError(f"{path}: its {PARAMETERS_KEY!r} text chunk holds a JSON {kind}, not the "
+                         "object of parameters latentdiff writes; it was not written by latentdiff, or was changed "
+                         "since.")
+    return params

@@ -30,12 +30,26 @@ class LoadedModel:
 
 
 def resolve_device(device: str | None) -> torch.device:
+    """The torch.device for a --device value (auto: CUDA when there is one); a ValueError when this machine or
+    PyTorch build cannot use it."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
-    except RuntimeError as err:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
         raise ValueError(f"Unknown device {device!r}: use cpu, cuda, cuda:N or auto.") from err
+    if resolved.type == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise ValueError("CUDA is not available in this PyTorch build; use --device cpu.")
+        if not torch.cuda.is_available():
+            raise ValueError("CUDA is not available: this PyTorch build finds no GPU (check the driver and "
+                             "CUDA_VISIBLE_DEVICES); use --device cpu.")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"There is no {resolved}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                             "use cuda:0 .. cuda:N-1 or auto.")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("MPS (Apple GPU) is not available on this machine; use --device cpu.")
+    return resolved
 
 
 def load_model(model: str | None = None, device: str | None = None, dtype: torch.dtype | None = None,
@@ -50,6 +64,7 @@ def load_model(model: str | None = None, device: str | None = None, dtype: torch
     from latentdiff.pipelines import LatentDiffusionPipeline
     from latentdiff.presets import PRESETS, build_pipeline
 
+    target = resolve_device(device)  # before loading: a device this machine lacks costs no loading time
     random_weights = False
     if model is None:
         path = default_model_path()
@@ -76,7 +91,7 @@ def load_model(model: str | None = None, device: str | None = None, dtype: torch
         )
     if genie_head is not None:
         pipe, source = attach_genie_head(pipe, genie_head), f"{source} + GENIE head {genie_head}"
-    pipe = pipe.to(resolve_device(device)) if dtype is None else pipe.to(resolve_device(device), dtype)
+    pipe = pipe.to(target) if dtype is None else pipe.to(target, dtype)
     return LoadedModel(pipe=pipe, source=source, random_weights=random_weights)
 
 

@@ -119,8 +119,24 @@ class LatentDiffusionPipeline(
         kwargs["use_safetensors"] = None if allow_pickle else True
         try:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        except OSError as err:
-            if not allow_pickle and "safetensors" in str(err):
+        except Exception as err:
+            # A truncated or empty weights file fails deep inside diffusers or transformers (an OSError that reads
+            # like "no safetensors weights", or safetensors' own header error): name the file instead.
+            if os.path.isdir(path):
+                from safetensors import safe_open
+
+                for root, _, files in sorted(os.walk(path)):
+                    for name in sorted(f for f in files if f.endswith(".safetensors")):
+                        weights = os.path.join(root, name)
+                        try:
+                            with safe_open(weights, "pt"):
+                                pass
+                        except Exception as bad:  # safetensors raises its own SafetensorError
+                            raise ValueError(
+                                f"{weights}: the weights file is corrupt or truncated ({os.path.getsize(weights)} "
+                                f"bytes; {str(bad).strip() or type(bad).__name__}). Copy or download it again."
+                            ) from err
+            if isinstance(err, OSError) and not allow_pickle and "safetensors" in str(err):
                 raise ValueError(
                     f"{path}: no safetensors weights found ({err}). Pass use_safetensors=False to load pickle "
                     "weights if you trust their source."
@@ -237,7 +253,9 @@ class LatentDiffusionPipeline(
             embeds = self.text_encoder(ids.to(device))[0]  # (B, 77, D)
         else:
             hidden = self.text_encoder(ids.to(device), output_hidden_states=True).hidden_states
-            embeds = self.text_encoder.text_model.final_layer_norm(hidden[-(clip_skip + 1)])  # (B, 77, D)
+            # transformers 5's CLIPTextModel holds final_layer_norm itself; 4.x (and ...WithProjection) in .text_model
+            text_model = getattr(self.text_encoder, "text_model", self.text_encoder)
+            embeds = text_model.final_layer_norm(hidden[-(clip_skip + 1)])  # (B, 77, D)
         return embeds, removed
 
     def encode_prompt(
