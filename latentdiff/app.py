@@ -20,6 +20,7 @@ import math
 import os
 import secrets
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -198,6 +199,10 @@ class App:
             return True
         return False
 
+    def close(self) -> None:
+        """Remove the temporary folder of generated images (Gradio's own cache keeps what it served)."""
+        shutil.rmtree(self._out, ignore_errors=True)
+
     def _new_run_dir(self) -> Path:
         runs = sorted(self._out.glob("run-*"))
         for old in runs[: max(0, len(runs) - KEEP_RUNS + 1)]:
@@ -306,9 +311,12 @@ def build_demo(app: App):
 
         inputs = [prompt, negative, sampler, steps, guidance, seed, random_seed, width, height, num_images]
         outputs = [gallery, seed, info, parameters]
-        run = generate.click(on_generate, inputs, outputs, api_name="generate", show_progress_on=[gallery])
+        # preprocess=False: the values reach App.request as sent, so that an API caller's "abc" for a slider gets
+        # App.request's one-line message, not Gradio's failed conversion (which only the server log would show).
+        run = generate.click(on_generate, inputs, outputs, api_name="generate", show_progress_on=[gallery],
+                             preprocess=False)
         submit = prompt.submit(on_generate, inputs, outputs, api_visibility="private",
-                               show_progress_on=[gallery])
+                               show_progress_on=[gallery], preprocess=False)
         # Stop skips the queue (it must get through while a generation holds the one slot), flags the running
         # generation of this visitor, and cancels their queued ones.
         stop.click(on_stop, None, [info], queue=False, cancels=[run, submit], api_visibility="private")
@@ -332,16 +340,35 @@ def create_app(model: str | None = None, device: str | None = "auto", limits: Li
 
 
 def launch(demo, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
-    """Serve `demo` on host:port (loopback by default): no share link, no server-side rendering, no analytics."""
+    """Serve `demo` on host:port (loopback by default): no share link, no server-side rendering, no analytics.
+
+    show_error: what Gradio itself refuses before our handler runs (an API call with too few values) is answered
+    with its message rather than `{"error": null}`; our own refusals are gr.Error lines either way."""
     import gradio as gr
 
     return demo.launch(server_name=host, server_port=port, share=False, ssr_mode=False, mcp_server=False,
-                       enable_monitoring=False, show_error=False, quiet=not block, prevent_thread_lock=not block,
+                       enable_monitoring=False, show_error=True, quiet=not block, prevent_thread_lock=not block,
                        allowed_paths=[str(demo.latentdiff_app.out_dir)], footer_links=["api", "settings"],
                        theme=gr.themes.Default(), css=CSS)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # what Ctrl-C raises: Gradio's blocking launch then closes its server and returns
+
+
 def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, device: str | None = "auto",
           limits: Limits = Limits()) -> None:
-    """`latentdiff serve`: load the model, print the address, serve until interrupted."""
-    launch(create_app(model, device, limits), host, port, block=True)
+    """`latentdiff serve`: load the model, print the address, serve until interrupted (Ctrl-C, or SIGTERM from a
+    service manager or `kill`); the temporary folder of generated images is removed either way."""
+    main_thread = threading.current_thread() is threading.main_thread()  # (signal handlers live there only)
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
+    demo = None
+    try:
+        demo = create_app(model, device, limits)
+        launch(demo, host, port, block=True)
+    finally:
+        if demo is not None:
+            demo.close(verbose=False)
+            demo.latentdiff_app.close()
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
