@@ -4,7 +4,12 @@
 
 Every field of the dataclass becomes a flag (`max_steps` -> `--max-steps`) whose type comes from the field's
 annotation, and whose help is the comment written beside the field. Precedence: dataclass default < YAML
-recipe < command line. Unknown keys in a recipe are an error, not silently ignored.
+recipe < command line. Unknown keys in a recipe are an error, not silently ignored, and so is a value of the
+wrong type (`use_ema: "no"` is read as false, `batch_size: none` is refused) or out of range for the fields the
+training scripts share (`check_common`): one ValueError line, at parse time, before any work.
+
+A script's `if __name__ == "__main__":` block calls `run_entry_point(main)`, which prints such an error as one
+line on stderr and exits with status 2 instead of a traceback.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ import dataclasses
 import inspect
 import io
 import json
+import math
+import os
 import re
+import sys
 import tokenize
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import yaml
 
@@ -53,6 +61,11 @@ def _base_type(annotation: Any) -> tuple[type, bool]:
     return annotation, False
 
 
+def _is_optional(annotation: Any) -> bool:
+    return (typing.get_origin(annotation) in (typing.Union, types.UnionType)
+            and type(None) in typing.get_args(annotation))
+
+
 def _parse_bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -71,11 +84,120 @@ def _none_or(kind: type):
     return parse
 
 
+_KIND_WORDS = {bool: "true or false", int: "a whole number", float: "a finite number", str: "a string"}
+_LIST_WORDS = {bool: "true/false values", int: "whole numbers", float: "finite numbers", str: "strings"}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _scalar(kind: type, value: Any, name: str) -> Any:
+    """`value` (from YAML or a flag) as `kind`, or a ValueError naming the flag and what it takes."""
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str):
+                return _parse_bool(value)
+        elif kind is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            number = float(value) if isinstance(value, (float, str)) else math.nan
+            if number.is_integer():
+                return int(number)
+        elif kind is float:
+            number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else math.nan
+            if math.isfinite(number):
+                return number
+        elif kind is str:
+            if isinstance(value, str):
+                return value
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return str(value)
+        else:
+            return value
+    except (ValueError, argparse.ArgumentTypeError):
+        pass
+    raise ValueError(f"{_flag(name)} must be {_KIND_WORDS.get(kind, kind.__name__)}, got {value!r}.")
+
+
+def coerce_values(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """`values` (recipe or command line) converted to the types `cls` declares; None only where a field is Optional.
+    A ValueError names `where`, the flag and what it takes."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in hints:
+            out[name] = value  # (unknown names are reported by from_dict)
+            continue
+        annotation = hints[name]
+        kind, is_list = _base_type(annotation)
+        try:
+            if value is None:
+                if not _is_optional(annotation):
+                    what = f"a list of {_LIST_WORDS[kind]}" if is_list else _KIND_WORDS.get(kind, kind.__name__)
+                    raise ValueError(f"{_flag(name)} must be {what}, got none; it cannot be left empty.")
+                out[name] = None
+            elif is_list:
+                items = [value] if isinstance(value, (str, int, float)) else value
+                if not isinstance(items, (list, tuple)):
+                    raise ValueError(f"{_flag(name)} must be a list of {_LIST_WORDS[kind]}, got {value!r}.")
+                out[name] = [_scalar(kind, item, name) for item in items]
+            else:
+                out[name] = _scalar(kind, value, name)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+    return out
+
+
+def check_common(cfg: Any) -> None:
+    """Range checks of the fields the training configs share, each applied when `cfg` has that field; a ValueError
+    saying what to change. (Each config's __post_init__ checks its own fields.)"""
+
+    def need(name: str, ok: Callable[[Any], bool], what: str) -> None:
+        if hasattr(cfg, name) and getattr(cfg, name) is not None and not ok(getattr(cfg, name)):
+            raise ValueError(f"{_flag(name)} must be {what}, got {getattr(cfg, name)!r}.")
+
+    for name in ("batch_size", "max_steps", "gradient_accumulation_steps", "checkpoint_every", "keep_checkpoints",
+                 "validation_every", "resolution", "stop_after", "max_bad_steps"):
+        need(name, lambda v: v >= 1, ">= 1")
+    for name in ("num_workers", "lr_warmup_steps"):
+        need(name, lambda v: v >= 0, ">= 0")
+    need("learning_rate", lambda v: v > 0, "> 0")
+    need("weight_decay", lambda v: v >= 0, ">= 0")
+    need("max_grad_norm", lambda v: v > 0, "> 0")
+    need("ema_decay", lambda v: 0 <= v < 1, "in [0, 1)")
+    need("caption_dropout", lambda v: 0 <= v <= 1, "in [0, 1]")
+    need("time_budget_minutes", lambda v: v > 0, "> 0")
+    need("mixed_precision", lambda v: v in ("no", "fp16", "bf16"), "one of no, fp16, bf16")
+    need("seed", lambda v: 0 <= v < 2**32, "in [0, 2**32)")  # what numpy's seeding (accelerate's set_seed) takes
+    need("validation_steps", lambda v: all(n >= 1 for n in (v if isinstance(v, list) else [v])), ">= 1")
+    need("validation_prompts", lambda v: len(v) > 0, "at least one prompt (the sample grids are drawn from them)")
+
+
+def run_entry_point(main: Callable[[], Any]) -> None:
+    """Run a training script's `main()` as a command: a ValueError (a config, data or path the user must change) is
+    one line on stderr and exit status 2, not a traceback (set LATENTDIFF_TRACEBACK=1 to see it anyway). argparse's
+    own errors are one line already (build_parser's parser)."""
+    try:
+        main()
+    except ValueError as err:
+        if os.environ.get("LATENTDIFF_TRACEBACK"):
+            raise
+        text = str(err).strip()
+        print(f"{Path(sys.argv[0]).stem}: error: {text.splitlines()[0] if text else type(err).__name__}",
+              file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser(cls: type, prog: str | None = None) -> argparse.ArgumentParser:
+    from latentdiff.cli import Parser  # argparse with one-line errors
+
     hints = typing.get_type_hints(cls)
     comments = field_comments(cls)
-    parser = argparse.ArgumentParser(prog=prog, description=(cls.__doc__ or "").strip().splitlines()[0],
-                                     argument_default=argparse.SUPPRESS)
+    parser = Parser(prog=prog, description=(cls.__doc__ or "").strip().splitlines()[0],
+                    argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", type=Path, help="YAML recipe (see training/recipes/); flags override it")
     for f in dataclasses.fields(cls):
         kind, is_list = _base_type(hints[f.name])
@@ -102,17 +224,23 @@ def from_dict(cls: type[C], values: dict[str, Any], where: str = "config") -> C:
 
 
 def parse_config(cls: type[C], argv: list[str] | None = None, prog: str | None = None) -> C:
-    """Defaults, then the `--config` YAML recipe, then flags; validated by the dataclass's __post_init__."""
+    """Defaults, then the `--config` YAML recipe, then flags; each value converted to its field's type, then
+    validated by the dataclass's __post_init__ and `check_common`."""
     args = vars(build_parser(cls, prog).parse_args(argv))
     recipe = args.pop("config", None)
     values: dict[str, Any] = {}
     if recipe is not None:
-        loaded = yaml.safe_load(Path(recipe).read_text()) or {}
+        try:
+            loaded = yaml.safe_load(Path(recipe).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ValueError(f"{recipe}: cannot read the recipe ({' '.join(str(err).split())}).") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{recipe}: a recipe must be a YAML mapping of option: value.")
-        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
-    values.update(args)
-    return from_dict(cls, values, where=str(recipe or "command line"))
+        values.update(coerce_values(cls, {str(k).replace("-", "_"): v for k, v in loaded.items()}, str(recipe)))
+    values.update(coerce_values(cls, args, "command line"))
+    cfg = from_dict(cls, values, where=str(recipe or "command line"))
+    check_common(cfg)
+    return cfg
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -268,4 +268,6 @@ def validate(cfg: DistillGenieConfig, accelerator, teacher, head, ema, out: Path
 
 
 if __name__ == "__main__":
-    main()
+    from latentdiff.training.config import run_entry_point
+
+    run_entry_point(main)

@@ -340,4 +340,6 @@ def validate(cfg: DistillLCMConfig, accelerator, parts: dict, student, out: Path
 
 
 if __name__ == "__main__":
-    main()
+    from latentdiff.training.config import run_entry_point
+
+    run_entry_point(main)

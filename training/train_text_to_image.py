@@ -455,4 +455,6 @@ def validate(cfg, accelerator, parts, unet, text_encoder, ema, out: Path, step: 
 
 
 if __name__ == "__main__":
-    main()
+    from latentdiff.training.config import run_entry_point
+
+    run_entry_point(main)

@@ -171,4 +171,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from latentdiff.training.config import run_entry_point
+
+    run_entry_point(main)
