@@ -219,10 +219,10 @@ class ImageFolderSource(_MapSource):
                 check.outside(file_name, e)
                 continue
             columns.update(row)
-            if path.exists():  # (a missing file is found, and counted, when it is read)
-                try:
-                    check_regular(path)
-                except SkipError as e:
+            try:
+                check_regular(path)
+            except SkipError as e:
+                if e.reason != "missing_file":  # (a missing file is counted when it is read, like an unreadable one)
                     check.skip(file_name, e)
                     continue
             caption = check.caption(file_name, row.get(caption_column))
