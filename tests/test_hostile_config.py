@@ -35,6 +35,7 @@ def recipe(tmp_path, text):
 
 @pytest.mark.parametrize("text, expected", [
     ('use_ema: "no"\n', False), ("use_ema: 'off'\n", False), ('use_ema: "yes"\n', True), ("use_ema: false\n", False),
+    ("use_ema: 0\n", False),
 ])
 def test_yaml_bool_strings_are_read_as_flags_are(tmp_path, text, expected):
     assert parse_config(Config, ["--config", str(recipe(tmp_path, text))]).use_ema is expected
@@ -47,6 +48,7 @@ def test_yaml_numbers_written_as_yaml_1_1_strings_are_numbers(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ('use_ema: "maybe"\n', "--use-ema must be true or false, got 'maybe'."),
+    ("use_ema: 2\n", "--use-ema must be true or false, got 2."),
     ("batch_size: null\n", "--batch-size must be a whole number, got none; it cannot be left empty."),
     ("batch_size: 1.5\n", "--batch-size must be a whole number, got 1.5."),
     ("learning_rate: fast\n", "--learning-rate must be a finite number, got 'fast'."),

@@ -96,8 +96,8 @@ def _scalar(kind: type, value: Any, name: str) -> Any:
     """`value` (from YAML or a flag) as `kind`, or a ValueError naming the flag and what it takes."""
     try:
         if kind is bool:
-            if isinstance(value, bool):
-                return value
+            if isinstance(value, bool) or value in (0, 1):  # (0 and 1 as the flag takes them)
+                return bool(value)
             if isinstance(value, str):
                 return _parse_bool(value)
         elif kind is int:
