@@ -36,20 +36,15 @@ from typing import Any
 
 import torch
 from diffusers.utils import logging as diffusers_logging
-from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from tqdm.auto import tqdm
 
 from latentdiff.data.shapes import CATEGORIES
 from latentdiff.eval.prompts import PromptSpec, read_prompt_set
 from latentdiff.eval.run import score_images
+from latentdiff.pipelines.processes import get_process
 
-DEFAULT_SAMPLERS = {  # what `bench samplers` compares when --samplers is not given, per noise process
-    "ddpm": ("ddim", "euler", "heun", "lms", "dpm++2m", "dpm++2m_karras", "unipc", "deis"),
-    "cld": ("cld-ode", "cld-sscs"),
-}
 DEFAULT_NFE = (1, 2, 4, 6, 8, 10, 15, 20, 30, 50)
-DDPM_SPACINGS = ("leading", "trailing", "linspace")  # diffusers' timestep_spacing values
 CSV_COLUMNS = ("sampler", "nfe", "steps", "status", "rmse", "overall", *CATEGORIES, "seconds_per_image", "images",
                "reason")
 
@@ -70,28 +65,27 @@ class ReferenceSpec:
         return f"{name} ({steps} steps{extra})"
 
 
-DEFAULT_REFERENCES = {
-    # "trailing": timesteps 999, 998, ..., 0, the whole trained chain. (With the usual "leading" spacing and
-    # steps_offset 1, 1000 steps would start at t = 1000, past the end of the noise schedule.) No clipping of the
-    # predicted x0 to [-1, 1] (DDIMScheduler's default, meant for pixels): latents are not bounded, and clipping
-    # changes the limit the sampler converges to.
-    "ddpm": ReferenceSpec("ddim", 1000, {"timestep_spacing": "trailing", "clip_sample": False},
-                          "dpm++2m", 500, {"solver_order": 3, "timestep_spacing": "trailing"}),  # DPM-Solver++(3M)
-    # the CLD probability-flow ODE on its default (quadratic) time grid, checked on a linear grid
-    "cld": ReferenceSpec("cld-ode", 1000, {}, "cld-ode", 500, {"timestep_spacing": "linear"}),
-}
+def default_reference(process: str) -> ReferenceSpec:
+    """The reference solution of a process (its row in pipelines/processes.py) and the solver it is checked with."""
+    row = get_process(process)
+    if row.reference is None:
+        raise ValueError(f"bench samplers has no reference solver for {row.description}; pass one with --samplers "
+                         "and a ReferenceSpec in Python")
+    check = row.reference_check
+    return ReferenceSpec(row.reference.sampler, row.reference.steps, dict(row.reference.options),
+                         check and check.sampler, check.steps if check else 0, dict(check.options) if check else {})
 
 
 @dataclass
 class SamplerBenchConfig:
-    samplers: tuple[str, ...] | None = None  # named samplers to compare; None: DEFAULT_SAMPLERS of the model's process
+    samplers: tuple[str, ...] | None = None  # named samplers to compare; None: the bench_samplers of the model's process
     nfe: tuple[int, ...] = DEFAULT_NFE  # UNet evaluations per image to test each sampler at
     guidance: float = 5.0  # classifier-free guidance scale
     max_prompts: int | None = None  # a category-balanced subset of this many prompts; None: the whole set
     images_per_prompt: int = 1  # images per prompt; image j of prompt i starts from seed + i * K + j
     seed: int = 0  # first seed
     batch_size: int = 64  # images per pipeline call
-    reference: ReferenceSpec | None = None  # None: DEFAULT_REFERENCES of the model's process
+    reference: ReferenceSpec | None = None  # None: default_reference of the model's process
     reference_images: int | None = 32  # RMSE over the first this many images (categories interleaved); None: all
     timestep_spacing: str | None = None  # for every sampler under test (e.g. "trailing"); None: the model's own
 
@@ -143,7 +137,7 @@ class SamplerBenchResult:
     reference_cached: bool  # the reference latents were read from the cache of an earlier run
     source: str  # the model
     prompts: str  # the prompt set file
-    process: str  # the model's noise process: "ddpm" or "cld"
+    process: str  # the model's noise process (a key of pipelines/processes.PROCESSES)
     timestep_spacing: str | None  # of the samplers under test: config.timestep_spacing or the model's own
     device: str  # where it ran
 
@@ -280,24 +274,6 @@ def plan_batches(prompts: list[tuple[str, PromptSpec]], k: int, batch_size: int,
     return batches
 
 
-def _initial_state(pipe, seeds: list[int]) -> tuple[torch.Tensor | None, list[torch.Generator]]:
-    """Initial latents (B, C, h, w) of unit variance and the per-image generators, in the state the pipeline leaves
-    them after drawing the same noise itself (so stochastic samplers' step noise is what a plain call gets).
-
-    The pipeline multiplies passed latents by `scheduler.init_noise_sigma`, as it does its own draw, so every
-    sampler starts from the same unit noise. A CLD model's initial state u = (x, v) is drawn by its scheduler and
-    carried to the first timestep, so there the pipeline draws it from the same seeded generators (latents None).
-    """
-    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    if pipe.process == "cld":
-        return None, generators
-    latent_size = pipe.unet.config.sample_size
-    shape = (len(seeds), pipe.unet.config.in_channels, latent_size, latent_size)
-    latents = randn_tensor(shape, generator=generators, device=pipe._execution_device,
-                           dtype=pipe.text_encoder.dtype)  # (B, C, h, w), as prepare_latents draws it
-    return latents, generators
-
-
 def _generate(pipe, plan: list[_Batch], k: int, steps: int, guidance: float, nfe: int | None,
               bar: tqdm | None = None) -> tuple[torch.Tensor, float]:
     """Final data latents (N, C, h, w) on CPU of every image of `plan`, and the seconds the pipeline calls took.
@@ -310,13 +286,14 @@ def _generate(pipe, plan: list[_Batch], k: int, steps: int, guidance: float, nfe
             return {}
     out, seconds = [], 0.0
     for batch in plan:
-        latents, generators = _initial_state(pipe, batch.seeds)
+        # the pipeline draws each image's initial state from its own seeded generator, as its process does
+        generators = [torch.Generator("cpu").manual_seed(s) for s in batch.seeds]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         with UNetCallCounter(pipe.unet) as counter:
             start = time.perf_counter()
             result = pipe([p for p, _ in batch.prompts], num_inference_steps=steps, guidance_scale=guidance,
-                          num_images_per_prompt=k, generator=generators, latents=latents, output_type="latent",
+                          num_images_per_prompt=k, generator=generators, output_type="latent",
                           callback_on_step_end=callback).images  # (B, C, h, w)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -401,10 +378,10 @@ def bench_samplers(pipe, prompts: list[tuple[str, PromptSpec]], config: SamplerB
     config = SamplerBenchConfig() if config is None else config
     process = pipe.process
     names = pipe.sampler_names()
-    samplers = config.samplers or tuple(s for s in DEFAULT_SAMPLERS[process] if s in names)
+    samplers = config.samplers or tuple(s for s in get_process(process).bench_samplers if s in names)
     if config.samplers is None and getattr(pipe, "genie_head", None) is not None:
         samplers += ("taylor2",)  # a pipeline with a distilled GENIE head: its Taylor sampler too
-    reference = config.reference or DEFAULT_REFERENCES[process]
+    reference = config.reference or default_reference(process)
     for name in (*samplers, reference.sampler, *([reference.check_sampler] if reference.check_sampler else [])):
         if name not in names:
             raise ValueError(f"Unknown sampler {name!r} for this {process} model; choose from: {', '.join(names)}")
@@ -418,11 +395,13 @@ def bench_samplers(pipe, prompts: list[tuple[str, PromptSpec]], config: SamplerB
 
     original, bar_config = pipe.scheduler, dict(getattr(pipe, "_progress_bar_config", {}))
     options = {} if config.timestep_spacing is None else {"timestep_spacing": config.timestep_spacing}
-    if process == "ddpm" and options and config.timestep_spacing not in DDPM_SPACINGS:
-        raise ValueError(f"timestep_spacing must be one of {', '.join(DDPM_SPACINGS)}, got {config.timestep_spacing!r}")
     try:
-        for name in samplers:  # options a sampler does not take fail here, before any work
+        for name in samplers:  # options a sampler does not take, or values it refuses, fail here before any work
             pipe.set_sampler(name, **options)
+            try:
+                pipe.scheduler.set_timesteps(10) if options else None
+            except ValueError as err:
+                raise ValueError(f"timestep_spacing must be one of the values {name} accepts: {err}") from None
     finally:
         pipe.scheduler = original
     verbosity = diffusers_logging.get_verbosity()
@@ -543,9 +522,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="pipeline folder, hub repo id or preset:NAME (default: the default model)")
     p.add_argument("--genie-head", help="a GENIE head folder for the taylor2 sampler (distill_genie's genie_head/)")
     p.add_argument("--prompts", required=True, help="prompt set, JSON lines (e.g. assets/prompts/indist.jsonl)")
-    p.add_argument("--samplers", help="comma-separated named samplers (default: "
-                                      f"{','.join(DEFAULT_SAMPLERS['ddpm'])}, and taylor2 when the pipeline has a "
-                                      "genie_head; for a CLD model the CLD samplers)")
+    p.add_argument("--samplers", help="comma-separated named samplers (default: those of the model's process, "
+                                      f"for a DDPM model {','.join(get_process('ddpm').bench_samplers)}, and taylor2 "
+                                      "when the pipeline has a genie_head)")
     p.add_argument("--nfe", default=",".join(map(str, DEFAULT_NFE)),
                    help="comma-separated UNet evaluations per image (default %(default)s)")
     p.add_argument("--max-prompts", type=int, help="a category-balanced subset of this many prompts (default: all)")
@@ -585,7 +564,7 @@ def run(args: argparse.Namespace) -> int:
                                 timestep_spacing=args.timestep_spacing)
     loaded = load_model(args.model, device=args.device, genie_head=args.genie_head)
     if args.reference_steps is not None or args.check_steps is not None:
-        reference = DEFAULT_REFERENCES[loaded.pipe.process]
+        reference = default_reference(loaded.pipe.process)
         if args.reference_steps is not None:
             reference = replace(reference, steps=args.reference_steps)
         if args.check_steps == 0:

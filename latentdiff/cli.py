@@ -5,19 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable, NoReturn
+from typing import Callable
 
+from latentdiff.parsing import USER_ERRORS, Parser
 from latentdiff.version import __version__
-
-# Library errors that mean "the user asked for something that cannot be done": one line, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, OSError)
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage block), so bad use reads like the library's own errors."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _sampler_names() -> list[str]:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -58,6 +59,25 @@ def _vae(blocks: tuple[int, ...], **kw: Any) -> dict[str, Any]:
     n = len(blocks)
     return dict(block_out_channels=blocks, down_block_types=("DownEncoderBlock2D",) * n,
                 up_block_types=("UpDecoderBlock2D",) * n, in_channels=3, out_channels=3, latent_channels=4, **kw)
+
+
+def vae_kwargs(preset: "str | Preset", blocks: tuple[int, ...] | None = None,
+               latent_channels: int | None = None) -> dict[str, Any]:
+    """The preset's AutoencoderKL kwargs, with other block widths (their count sets the downsampling factor
+    2 ** (len(blocks) - 1)) and/or another number of latent channels."""
+    kw = dict(get_preset(preset).vae)
+    if blocks:
+        blocks = tuple(int(b) for b in blocks)
+        if any(b < 1 or b % kw.get("norm_num_groups", 32) for b in blocks):
+            raise ValueError(f"VAE block widths {blocks} must be positive multiples of norm_num_groups "
+                             f"({kw.get('norm_num_groups', 32)})")
+        kw.update(block_out_channels=blocks, down_block_types=("DownEncoderBlock2D",) * len(blocks),
+                  up_block_types=("UpDecoderBlock2D",) * len(blocks))
+    if latent_channels is not None:
+        if latent_channels < 1:
+            raise ValueError(f"latent channels must be >= 1, got {latent_channels}")
+        kw["latent_channels"] = int(latent_channels)
+    return kw
 
 
 def tiny() -> Preset:
@@ -112,6 +132,20 @@ def get_preset(preset: str | Preset) -> Preset:
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}. Choose one of: {', '.join(PRESETS)}.")
     return PRESETS[preset]()
+
+
+def fit_unet(preset: "str | Preset", process: str = "ddpm", latent_channels: int | None = None,
+             sample_size: int | None = None) -> Preset:
+    """The preset with a UNet for a noise process (e.g. CLD's sees (x, v): twice the latent channels), for latents
+    of `latent_channels` channels (default: the preset VAE's) and side `sample_size` (default: the preset's)."""
+    from latentdiff.pipelines.processes import get_process
+
+    p = get_preset(preset)
+    in_ch, out_ch = get_process(process).unet_channels(latent_channels or p.vae["latent_channels"])
+    unet = {**p.unet, "in_channels": in_ch, "out_channels": out_ch}
+    if sample_size is not None:
+        unet["sample_size"] = sample_size
+    return dataclasses.replace(p, unet=unet)
 
 
 def build_components(preset: str | Preset, seed: int = 0) -> dict[str, Any]:

@@ -32,6 +32,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
+from .conversions import append_dims
+
 
 class GENIEHead(ModelMixin, ConfigMixin):
     """k_ψ(features, x_t, ε, temb, γ) -> d_γ ε (see the module doc). Save and load with save_pretrained /
@@ -88,7 +90,7 @@ class GENIEHead(ModelMixin, ConfigMixin):
             h = block(h, temb)  # FiLM by the time embedding (B, D)
         h = self.conv_out(self.act(self.norm_out(h)))  # (B, 3C, h, w)
         h1, h2, h3 = h.chunk(3, dim=1)  # (B, C, h, w) each
-        g = gamma.to(h.dtype).view(-1, 1, 1, 1)
+        g = append_dims(gamma, h)  # (B, 1, 1, 1)
         return -h1 / g + h2 * g / (1 + g**2) + h3 / (g * (1 + g**2))  # d_γ ε (B, C, h, w)
 
 

@@ -31,18 +31,20 @@ from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg, retrieve_timesteps
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import USE_PEFT_BACKEND, BaseOutput, is_xformers_available, scale_lora_layers, unscale_lora_layers
-from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .cld_process import CLD  # noqa: F401  (see below)
-from .samplers import make_scheduler, process_of, sampler_names
-from .scheduling_cld import unet_timestep
+from .conversions import append_dims  # noqa: F401  (see below)
 from .genie_head import GENIEHead
+from .processes import PROCESSES, process_of
+from .sampler_spec import SamplerSpec  # noqa: F401  (see below)
+from .scheduling_cld import unet_timestep  # noqa: F401  (see below)
+from .samplers import make_scheduler, sampler_names
 from .scheduling_genie import GenieDerivative, takes_derivative
 
 # Loaded from a local folder with trust_remote_code, diffusers copies only the siblings this file imports directly
 # (dynamic_modules_utils.get_cached_module_file: one level, not recursive), so it imports every sibling that its
-# siblings need: cld_process (for scheduling_cld) too.
+# siblings need: cld_process (for scheduling_cld), scheduling_cld (for processes), conversions (for genie_head).
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
@@ -157,39 +159,26 @@ class LatentDiffusionPipeline(
         """The named samplers that fit this model's noise process."""
         return sampler_names(self.process)
 
-    # ------------------------------------------------------------------ noise process (DDPM-family or CLD)
+    # ------------------------------------------------------------------ noise process (processes.PROCESSES)
     @property
     def process(self) -> str:
-        """The noise process the UNet was trained with: "cld" when it takes (x, v), 2x its output channels."""
-        config = self.unet.config
-        return "cld" if config.in_channels == 2 * config.out_channels else "ddpm"
+        """The name of the noise process the scheduler samples ("ddpm", "cld", ...; a key of processes.PROCESSES)."""
+        return process_of(self.scheduler.config).name
 
     def check_process(self) -> None:
-        """A ValueError unless the scheduler samples the process the UNet was trained with."""
-        unet, scheduler = self.unet.config, type(self.scheduler).__name__
-        if self.process == "cld" and process_of(self.scheduler.config) != "cld":
-            raise ValueError(
-                f"This UNet was trained with critically-damped Langevin diffusion (in_channels {unet.in_channels} = "
-                f"2 x out_channels {unet.out_channels}: x and v), but the scheduler is {scheduler}, a DDPM-family "
-                "sampler. Use the CLD scheduler saved with the model (CLDExponentialODEScheduler or SSCSScheduler, "
-                "e.g. CLDExponentialODEScheduler.from_pretrained(MODEL_DIR, subfolder='scheduler')); on a CLD "
-                "scheduler, pipe.set_sampler('cld-ode') or 'cld-sscs' switch between them."
-            )
-        if self.process == "ddpm" and process_of(self.scheduler.config) == "cld":
-            raise ValueError(
-                f"The scheduler {scheduler} samples critically-damped Langevin diffusion, but this UNet is a "
-                f"DDPM-family model (in_channels {unet.in_channels}, out_channels {unet.out_channels}; a CLD UNet "
-                "takes 2x its output channels). Use a diffusers scheduler of the model's own process, e.g. the one "
-                "saved with it, then pipe.set_sampler(NAME) with NAME in pipe.sampler_names()."
-            )
-
-    def _unet_timestep(self, t: torch.Tensor) -> torch.Tensor:
-        """The UNet's timestep input: the scheduler's t, or for CLD the continuous t mapped as in training."""
-        return unet_timestep(t) if self.process == "cld" else t
-
-    def _data_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """The data latent z0 (B, C, h, w): for CLD the x half of u = (x, v) (B, 2C, h, w)."""
-        return latents.chunk(2, dim=1)[0] if self.process == "cld" else latents
+        """A ValueError unless the UNet fits the process the scheduler samples (its channels, e.g. CLD's (x, v))."""
+        row, unet = process_of(self.scheduler.config), self.unet.config
+        if row.matches_unet(unet):
+            return
+        fitting = [r for r in PROCESSES.values() if r.matches_unet(unet)]
+        fits = " or ".join(r.description for r in fitting) or "no known process"
+        names = ", ".join(n for r in fitting for n in sampler_names(r.name))
+        raise ValueError(
+            f"The scheduler {type(self.scheduler).__name__} is for {row.description}, but this UNet (in_channels "
+            f"{unet.in_channels}, out_channels {unet.out_channels}) is {fits}. Load the scheduler saved with the "
+            f"model (SchedulerClass.from_pretrained(MODEL_DIR, subfolder='scheduler')), then pipe.set_sampler(NAME) "
+            f"with one of its samplers: {names}."
+        )
 
     def _genie(self) -> GenieDerivative:
         """GENIE for one step: with a scheduler whose step takes `derivative=` (the "taylor2" sampler), capture the
@@ -388,11 +377,9 @@ class LatentDiffusionPipeline(
                 f"Got {len(generator)} generators for {batch_size} images (prompts x num_images_per_prompt): pass one "
                 "generator per image, or a single generator."
             )
-        if latents is None and self.process == "cld":
-            # the phase-space prior u = (x, v) (B, 2C, h, w), carried to timesteps[0] by the scheduler itself
-            latents = self.scheduler.init_noise_sample(shape, generator=generator, device=device, dtype=dtype)
-        elif latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)  # (B, C, h, w)
+        if latents is None:
+            # the process's prior (B, C_in, h, w), scaled as its scheduler expects (processes.py)
+            return process_of(self.scheduler.config).initial_noise(self.scheduler, shape, generator, device, dtype)
         else:
             if tuple(latents.shape) != shape:
                 raise ValueError(
@@ -400,8 +387,8 @@ class LatentDiffusionPipeline(
                     "(batch, UNet in_channels, height / VAE factor, width / VAE factor)."
                 )
             latents = latents.to(device=device, dtype=dtype)
-        # Scale the initial noise by the standard deviation the scheduler expects (1 for VP, sigma_max for k-style).
-        return latents * self.scheduler.init_noise_sigma
+        # Scale given noise by the standard deviation the scheduler expects (1 for VP, sigma_max for k-style).
+        return latents * getattr(self.scheduler, "init_noise_sigma", 1.0)
 
     def _step_kwargs(self, generator, eta: float) -> dict[str, Any]:
         params = inspect.signature(self.scheduler.step).parameters
@@ -527,14 +514,15 @@ class LatentDiffusionPipeline(
         num_warmup_steps = len(timesteps) - num_inference_steps * self.scheduler.order
         self._num_timesteps = len(timesteps)
         genie = self._genie()  # GENIE: the UNet's last features for the head, every step; else a no-op
+        process = process_of(self.scheduler.config)  # the process's hooks: model input, model timestep, data latent
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
                 model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
-                model_input = self.scheduler.scale_model_input(model_input, t)  # (2B, C, h, w) with guidance
+                model_input = process.model_input(self.scheduler, model_input, t)  # (2B, C, h, w) with guidance
                 with genie:
-                    noise_pred = self.unet(model_input, self._unet_timestep(t), encoder_hidden_states=text_embeds,
+                    noise_pred = self.unet(model_input, process.model_timestep(t), encoder_hidden_states=text_embeds,
                                            timestep_cond=timestep_cond, cross_attention_kwargs=cross_attention_kwargs,
                                            return_dict=False)[0]  # eps (or v); for CLD eps_v, (B, C, h, w) per half
                 if self.do_classifier_free_guidance:
@@ -562,7 +550,7 @@ class LatentDiffusionPipeline(
                     progress_bar.update()
 
         # 8. Decode: (B, C, h, w) -> (B, 3, H, W) in [-1, 1] -> output type
-        latents = self._data_latents(latents)  # CLD: u = (x, v) -> x
+        latents = process.data_latents(latents)  # CLD: u = (x, v) -> x
         if output_type == "latent":
             images = latents
         else:

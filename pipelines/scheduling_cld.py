@@ -45,6 +45,39 @@ def unet_timestep(t: torch.Tensor) -> torch.Tensor:
     return t * UNET_TIME_SCALE
 
 
+# The scheduler config entries that describe a CLD process (CLDConfig's fields) and the model's output
+# parameterisation: what carries over when the sampler changes.
+CLD_PROCESS_KEYS = ("M", "gamma", "beta_schedule", "beta", "beta_min", "beta_max", "eps", "numerical_eps",
+                    "mixed_score")
+
+
+# ---- the CLD row of processes.PROCESSES: recognising a CLD model and its generation-time hooks
+def is_cld_config(config: dict) -> bool:
+    """A scheduler config of a CLD sampler: it has the mass M and the HSM gamma."""
+    return "M" in config and "gamma" in config
+
+
+def unet_channels(latent_channels: int) -> tuple[int, int]:
+    """A CLD UNet sees u = (x, v), 2C channels, and predicts eps_v, C channels."""
+    return 2 * latent_channels, latent_channels
+
+
+def initial_noise(scheduler, shape: tuple[int, ...], generator, device, dtype) -> torch.Tensor:
+    """The phase-space prior u = (x, v) (B, 2C, h, w), carried to timesteps[0] by the scheduler itself."""
+    return scheduler.init_noise_sample(shape, generator=generator, device=device, dtype=dtype)
+
+
+def data_latents(u: torch.Tensor) -> torch.Tensor:
+    """The data latent x (B, C, h, w) of a phase-space state u = (x, v) (B, 2C, h, w)."""
+    return u.chunk(2, dim=1)[0]
+
+
+def describe(config: dict) -> str:
+    """The process of a CLD scheduler config in one line (model cards)."""
+    return (f"critically-damped Langevin diffusion, M {config.get('M')}, gamma {config.get('gamma')}, "
+            f"{config.get('beta_schedule')} beta{', mixed score' if config.get('mixed_score') else ''}, predicts eps_v")
+
+
 def time_grid(num_intervals: int, eps: float, spacing: str) -> torch.Tensor:
     """t_0 = 1 > ... > t_K = eps, (K + 1,) float64 holding float32-representable values, so that the float32
     `timesteps` a model sees are exactly the times the float64 step coefficients are computed for."""

@@ -40,6 +40,8 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  diffusers' loader looks the base up here
 
+from .conversions import to_epsilon
+
 
 class GENIEScheduler(DDIMScheduler):
     """DDIM plus GENIE's second-order Taylor term: `step(model_output, t, sample, derivative=dε/dγ)`.
@@ -95,15 +97,7 @@ class GENIEScheduler(DDIMScheduler):
     def epsilon(self, model_output: torch.Tensor, sample: torch.Tensor, timestep: int | torch.Tensor) -> torch.Tensor:
         """The model output in the ε parameterisation (B, C, h, w), whatever the config's prediction_type."""
         abar = self.alphas_cumprod[int(timestep)].to(sample.device, sample.dtype)
-        alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
-        kind = self.config.prediction_type
-        if kind == "epsilon":
-            return model_output
-        if kind == "v_prediction":  # v = α ε − σ x0 (Salimans & Ho 2022)  =>  ε = α v + σ x
-            return alpha * model_output + sigma * sample
-        if kind == "sample":
-            return (sample - alpha * model_output) / sigma
-        raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {kind!r}.")
+        return to_epsilon(model_output, sample, abar.sqrt(), (1 - abar).sqrt(), self.config.prediction_type)
 
     def step(
         self,

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from latentdiff.bench_samplers import (
-    CSV_COLUMNS, ReferenceSpec, SamplerBenchConfig, UNetCallCounter, _initial_state, bench_samplers, select_prompts,
+    CSV_COLUMNS, ReferenceSpec, SamplerBenchConfig, UNetCallCounter, _generate, bench_samplers, plan_batches, select_prompts,
     steps_for_nfe, write_csv, write_json, write_plot,
 )
 from latentdiff.cli import main
@@ -50,16 +50,15 @@ def test_steps_for_nfe_and_counted_unet_calls_first_and_second_order(tiny_pipe):
     assert counter.calls == 5
 
 
-def test_initial_state_is_the_noise_the_pipeline_draws_itself(tiny_pipe):
-    # Euler ancestral: init_noise_sigma != 1 and fresh noise every step, so both the scaling of passed latents
-    # and the generators' state after drawing them must match a plain call with the same seeds.
+def test_generated_latents_are_those_of_a_plain_seeded_call(tiny_pipe):
+    # Euler ancestral: init_noise_sigma != 1 and fresh noise every step, so the bench's images must come from the
+    # same seeded generators, used the same way, as a plain call's.
     tiny_pipe.set_sampler("euler_a")
     assert tiny_pipe.scheduler.init_noise_sigma > 1
     seeds = [3, 4]
-    latents, generators = _initial_state(tiny_pipe, seeds)
-    assert latents.shape == (2, 4, 8, 8) and abs(float(latents.std()) - 1) < 0.3  # unit noise, not yet scaled
-    ours = tiny_pipe(["a red circle"] * 2, num_inference_steps=4, latents=latents, generator=generators,
-                     output_type="latent").images
+    plan = plan_batches([("a red circle", None)], 2, 64, 3)
+    assert plan[0].seeds == seeds
+    ours, _ = _generate(tiny_pipe, plan, 2, 4, 7.5, None)
     plain = tiny_pipe(["a red circle"] * 2, num_inference_steps=4, output_type="latent",
                       generator=[torch.Generator().manual_seed(s) for s in seeds]).images
     assert torch.equal(ours, plain)

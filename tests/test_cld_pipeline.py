@@ -16,7 +16,8 @@ from latentdiff.cld import CLD, CLDConfig, CLDExponentialODEScheduler, SSCSSched
 from latentdiff.pipelines import LatentDiffusionPipeline, sampler_names
 from latentdiff.presets import build_components, get_preset
 from latentdiff.training import train_text_to_image
-from latentdiff.training.cld_step import CLDObjective, cld_preset
+from latentdiff.cld.objective import CLDObjective
+from latentdiff.presets import fit_unet
 
 from test_training import shapes16, train, unet_weights  # noqa: F401  (fixtures, helpers)
 
@@ -26,7 +27,7 @@ PROMPTS = ["a red circle", "two blue squares"]
 
 
 def make_cld_pipe(scheduler=None, seed=0) -> LatentDiffusionPipeline:
-    parts = build_components(cld_preset(get_preset("tiny")), seed=seed)
+    parts = build_components(fit_unet("tiny", "cld"), seed=seed)
     parts["scheduler"] = scheduler if scheduler is not None else CLDExponentialODEScheduler(mixed_score=True)
     pipe = LatentDiffusionPipeline(**parts)
     pipe.set_progress_bar_config(disable=True)
@@ -94,10 +95,10 @@ def test_save_load_round_trip_draws_the_same_images(tmp_path):
 def test_wrong_scheduler_or_sampler_raises_and_says_what_to_use(cld_pipe, tiny_pipe):
     assert cld_pipe.sampler_names() == ["cld-sscs", "cld-ode"] and "cld-ode" not in tiny_pipe.sampler_names()
     cld_pipe.scheduler = DPMSolverMultistepScheduler()
-    with pytest.raises(ValueError, match="trained with critically-damped Langevin.*CLDExponentialODEScheduler"):
+    with pytest.raises(ValueError, match="DPMSolverMultistepScheduler is for a DDPM-family.*is a CLD model.*cld-sscs, cld-ode"):
         run(cld_pipe)
     tiny_pipe.scheduler = CLDExponentialODEScheduler()
-    with pytest.raises(ValueError, match="samples critically-damped Langevin diffusion, but this UNet is a DDPM"):
+    with pytest.raises(ValueError, match="is for a CLD model.*but this UNet .in_channels 4, out_channels 4. is a DDPM-family"):
         run(tiny_pipe)
     ok = make_cld_pipe()
     with pytest.raises(ValueError, match="'ddim' is for a DDPM-family.*choose one of: cld-sscs, cld-ode"):
@@ -187,7 +188,7 @@ def test_cld_options_and_pretrained_process_are_checked(shapes16, tmp_path):
         train_text_to_image.parse_config(train_text_to_image.TextToImageConfig,
                                          base + ["--process", "cld", "--noise-offset", "0.1"])
     build_pipeline("tiny").save_pretrained(tmp_path / "ddpm")
-    with pytest.raises(ValueError, match="--process cld needs a CLD.*is a DDPM-family model.*--process ddpm"):
+    with pytest.raises(ValueError, match="--process cld needs a CLD.*is a DDPM-family.*model.*--process ddpm"):
         train_text_to_image.main(["--pretrained", str(tmp_path / "ddpm"), "--train-data", str(shapes16 / "data"),
                                   "--output-dir", str(tmp_path / "out"), "--process", "cld"])
 

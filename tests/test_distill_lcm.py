@@ -20,7 +20,7 @@ from latentdiff.presets import SD_PROCESS
 from latentdiff.training import distill_lcm
 from latentdiff.training.config import parse_config
 from latentdiff.training.distill_lcm import DistillLCMConfig, build_student
-from latentdiff.training.lcm import (DDIMSolver, boundary_scalings, consistency_function, consistency_loss,
+from latentdiff.lcm.consistency import (DDIMSolver, boundary_scalings, consistency_function, consistency_loss,
                                      guidance_embedding, predicted_origin_and_noise, teacher_ddim_step)
 
 

@@ -21,7 +21,7 @@ from latentdiff.presets import SD_PROCESS
 from latentdiff.training import train_text_to_image
 from latentdiff.training.checkpoint import PARTIAL, checkpoint_dirs, latest_checkpoint, save_checkpoint
 from latentdiff.training.config import build_parser, parse_config
-from latentdiff.training.losses import add_noise, diffusion_loss
+from latentdiff.ddpm.objective import DDPMObjective
 from latentdiff.training.train_text_to_image import TextToImageConfig
 
 from messy import expected_counts, make_messy  # tests/messy.py
@@ -82,17 +82,17 @@ def test_targets_and_min_snr_weights():
     latents = torch.randn(4, 4, 8, 8)
     v_sched = DDPMScheduler.from_config(SD_PROCESS, prediction_type="v_prediction")
     g = torch.Generator().manual_seed(1)
-    batch = add_noise(v_sched, latents, generator=g)
+    batch = DDPMObjective(v_sched).perturb(latents, generator=g)
     g = torch.Generator().manual_seed(1)
     noise = torch.randn(latents.shape, generator=g)
     t = torch.randint(0, 1000, (4,), generator=g)
     torch.testing.assert_close(batch.target, v_sched.get_velocity(latents, noise, t))
 
     eps_sched = DDPMScheduler.from_config(SD_PROCESS)
-    eps = add_noise(eps_sched, latents, generator=torch.Generator().manual_seed(2))
+    eps = DDPMObjective(eps_sched).perturb(latents, generator=torch.Generator().manual_seed(2))
     pred = torch.zeros_like(latents)
-    plain = diffusion_loss(pred, eps, eps_sched)
-    weighted = diffusion_loss(pred, eps, eps_sched, snr_gamma=5.0)
+    plain = DDPMObjective(eps_sched, snr_gamma=None).loss(pred, eps)
+    weighted = DDPMObjective(eps_sched, snr_gamma=5.0).loss(pred, eps)
     abar = eps_sched.alphas_cumprod[eps.timesteps]
     snr = abar / (1 - abar)
     torch.testing.assert_close(weighted, plain * torch.clamp(snr, max=5.0) / snr)
@@ -120,15 +120,18 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path):
 def test_run_clock_leaves_out_pauses_and_goes_on_from_the_checkpoint(monkeypatch):
     from latentdiff.training import run_clock
 
-    now = [100.0]
+    now, cpu = [100.0], [5.0]
     monkeypatch.setattr(run_clock, "perf_counter", lambda: now[0])
-    resumed = {"step": 7, "train_seconds": 50.0, "wall_clock_seconds": 80.0}
+    monkeypatch.setattr(run_clock, "process_time", lambda: cpu[0])
+    resumed = {"step": 7, "train_seconds": 50.0, "wall_clock_seconds": 80.0, "cpu_seconds": 30.0}
     clock = run_clock.RunClock(Accelerator(cpu=True), 1.0, resumed)  # a budget of 60 s of training
     now[0] += 6.0  # training
     assert clock.train_seconds == 6.0 and not clock.out_of_time()
     with clock.paused():  # validation and a checkpoint: the training clock stands still
         now[0] += 4.0
-        assert clock.progress(2, 3) == {"epoch": 2, "batch": 3, "train_seconds": 56.0, "wall_clock_seconds": 90.0}
+        cpu[0] += 7.0  # CPU seconds of this process go on counting, paused or not
+        assert clock.progress(2, 3) == {"epoch": 2, "batch": 3, "train_seconds": 56.0, "wall_clock_seconds": 90.0,
+                                        "cpu_seconds": 37.0}
     now[0] += 4.0
     assert (clock.train_seconds, clock.total_train_seconds, clock.seconds) == (10.0, 60.0, 14.0)
     assert clock.out_of_time()  # 50 + 10 s of training spent

@@ -192,7 +192,7 @@ def run_entry_point(main: Callable[[], Any]) -> None:
 
 
 def build_parser(cls: type, prog: str | None = None) -> argparse.ArgumentParser:
-    from latentdiff.cli import Parser  # argparse with one-line errors
+    from latentdiff.parsing import Parser  # argparse with one-line errors
 
     hints = typing.get_type_hints(cls)
     comments = field_comments(cls)

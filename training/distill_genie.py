@@ -20,27 +20,28 @@ loss -> backward -> EMA -> logs, sample grids (DDIM and GENIE rows), checkpoints
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from latentdiff.data.cache import LatentCache, TextEmbeddingCache
-from latentdiff.data.dataset import DataConfig, build_dataloader
+from latentdiff.data.dataset import DataConfig
 from latentdiff.genie.derivative import T_DERIVATIVES, GammaSchedule
 from latentdiff.genie.distill import (TIMESTEP_SAMPLING, genie_loss, grid_timesteps, relative_error,
                                       sample_timesteps, teacher_example)
 from latentdiff.pipelines import LatentDiffusionPipeline
 from latentdiff.pipelines.genie_head import GENIEHead
+from latentdiff.pipelines.processes import require_process
 from latentdiff.pipelines.scheduling_genie import GENIEScheduler
-from latentdiff.training.checkpoint import batches_from, resume_progress, save_checkpoint
+from latentdiff.training.checkpoint import resume_progress
 from latentdiff.training.config import parse_config, save_config, start_run
-from latentdiff.training.hardware import hardware_description
-from latentdiff.training.run_clock import RunClock, due
+from latentdiff.training.data import TrainingData, drop_captions
+from latentdiff.training.ema import ema_weights, make_ema
+from latentdiff.training.optim import optimizer_and_schedule
+from latentdiff.training.periodic import AfterStep
+from latentdiff.training.run_clock import RunClock
+from latentdiff.training.summary import run_summary, write_summary
 from latentdiff.training.validation import log_image, steps_grid
 
 
@@ -119,57 +120,42 @@ def main(argv: list[str] | None = None) -> None:
 
     # 1. Models: the frozen teacher and the trained head
     teacher = LatentDiffusionPipeline.from_pretrained(cfg.teacher)
-    vae, text_encoder, tokenizer, unet = teacher.vae, teacher.text_encoder, teacher.tokenizer, teacher.unet
-    for frozen in (vae, text_encoder, unet):
+    require_process(dict(teacher.scheduler.config), "ddpm", f"GENIE distillation of {cfg.teacher}")
+    unet = teacher.unet
+    for frozen in (teacher.vae, teacher.text_encoder, unet):
         frozen.requires_grad_(False).eval().to(accelerator.device)
     genie_scheduler = GENIEScheduler.from_config(teacher.scheduler.config)  # the teacher's noise process
     schedule = GammaSchedule.from_scheduler(genie_scheduler)
     grid = grid_timesteps(dict(genie_scheduler.config), cfg.grid_steps, cfg.grid_spacings)
     head = GENIEHead.for_unet(unet, width=cfg.head_width, num_blocks=cfg.head_blocks)
-    ema = None
-    if cfg.use_ema:
-        ema = EMAModel(head.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, model_cls=GENIEHead,
-                       model_config=head.config)
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
+    ema = make_ema(head, accelerator, cfg.ema_decay) if cfg.use_ema else None
 
     # 2. Optimizer and learning-rate schedule
-    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    lr_schedule = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
-                                num_training_steps=cfg.max_steps)
+    optimizer, lr_schedule = optimizer_and_schedule(cfg, list(head.parameters()))
     head, optimizer, lr_schedule = accelerator.prepare(head, optimizer, lr_schedule)
 
     # 3. Data: this rank's shard; VAE latents and text embeddings from the on-disk caches
     resolution = cfg.resolution or unet.config.sample_size * teacher.vae_scale_factor
-    data = DataConfig(train_data=cfg.train_data, resolution=resolution, seed=cfg.seed,
-                      caption_column=cfg.caption_column)
-    loader = build_dataloader(data, cfg.batch_size, num_workers=cfg.num_workers, drop_last=True,
-                              rank=accelerator.process_index, world_size=accelerator.num_processes)
-    cache_root = Path(cfg.cache_dir or out / "cache")
-    cache = LatentCache(cache_root, vae, data.transform_config(), data.bucket_config()) if cfg.cache_latents else None
-    text_cache = TextEmbeddingCache(cache_root, text_encoder, tokenizer)
-    uncond = text_cache.encode([""], accelerator.device)  # (1, 77, D): the unconditional branch
+    data = TrainingData(DataConfig(train_data=cfg.train_data, resolution=resolution, seed=cfg.seed,
+                                   caption_column=cfg.caption_column), accelerator, cfg.batch_size,
+                        vae=teacher.vae, text_encoder=teacher.text_encoder, tokenizer=teacher.tokenizer,
+                        cache_dir=cfg.cache_dir or out / "cache", cache_latents=cfg.cache_latents,
+                        num_workers=cfg.num_workers)
+    uncond = data.text([""])  # (1, 77, D): the unconditional branch
 
-    # 4. Resume: head, optimizer, EMA, LR schedule and RNG states; the data position follows from the step
+    # 4. Resume: head, optimizer, EMA, LR schedule and RNG states; the data position from the progress record
     progress = resume_progress(accelerator, cfg.resume, out)
     step = first_step = progress["step"]
+    clock = RunClock(accelerator, cfg.time_budget_minutes, progress)  # training time, all invocations
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="genie", disable=not accelerator.is_main_process)
+    after = AfterStep(accelerator, clock, out, cfg, lambda at: validate(cfg, accelerator, teacher, head, ema, out, at),
+                      bar, cfg.batch_size * accelerator.num_processes)
 
     # 5. Training loop
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="genie", disable=not accelerator.is_main_process)
-    clock = RunClock(accelerator, cfg.time_budget_minutes, progress)  # training time, all invocations
-    images_seen, logs = 0, {}
-    batches = batches_from(loader, progress["epoch"], progress["batch"])
-    for epoch, i, batch in batches if step < cfg.max_steps else ():
-        loader.dataset.skips.update(batch["skipped"])  # broken files ride along in batches (data/dataset.py)
-        if accelerator.reduce(torch.tensor(float(len(batch["keys"]) == 0), device=accelerator.device)) > 0:
-            continue  # a batch of broken files only, on some rank: all ranks move on together
-        x = batch["pixel_values"].to(accelerator.device)  # (B, 3, H, W)
-        b = len(x)
-        with torch.no_grad():
-            dist = cache.latent_dist(x, batch["keys"]) if cache else vae.encode(x).latent_dist
-            latents = dist.sample().float() * vae.config.scaling_factor  # x_0 (B, C, h, w)
-        captions = [("" if float(r) < cfg.caption_dropout else c) for c, r in zip(batch["captions"], torch.rand(b))]
-        text = text_cache.encode(captions, accelerator.device)  # (B, 77, D)
+    for epoch, i, batch in data.batches(progress) if step < cfg.max_steps else ():
+        latents = data.latents(batch)  # x_0 (B, C, h, w)
+        b = len(latents)
+        text = data.text(drop_captions(batch["captions"], cfg.caption_dropout))  # (B, 77, D)
         timesteps = sample_timesteps(b, cfg.timesteps, schedule.num_train_timesteps, grid)  # (B,)
         guidance = cfg.guidance_min + (cfg.guidance_max - cfg.guidance_min) * torch.rand(b)  # w (B,)
         example = teacher_example(unet, schedule, latents, timesteps.to(accelerator.device), text,
@@ -185,60 +171,41 @@ def main(argv: list[str] | None = None) -> None:
         optimizer.step()
         lr_schedule.step()
         optimizer.zero_grad(set_to_none=True)
-
         step += 1
         if ema is not None:
             ema.step(head.parameters())
-        images_seen += b * accelerator.num_processes
-        logs = {"loss": loss.mean().item(), "relative_error": relative_error(prediction.detach(), example),
-                "lr": lr_schedule.get_last_lr()[0]}
-        accelerator.log(logs, step=step)
-        bar.update()
-        bar.set_postfix(loss=f"{logs['loss']:.4f}", rel_err=f"{logs['relative_error']:.3f}")
-
-        out_of_time = clock.out_of_time()  # the same on every rank
-        with clock.paused():  # validation and checkpoints are not training time
-            if due(step, cfg.validation_every, cfg.max_steps, now=out_of_time):
-                validate(cfg, accelerator, teacher, head, ema, out, step)
-            if due(step, cfg.checkpoint_every, cfg.max_steps, now=out_of_time):
-                save_checkpoint(accelerator, out, step, cfg.keep_checkpoints, extra=clock.progress(epoch, i + 1))
-        if out_of_time:
-            accelerator.print(f"time budget of {cfg.time_budget_minutes} min spent at step {step}")
-            break
-        if step >= cfg.max_steps:
+        if after(step, epoch, i + 1, loss=loss.mean().item(), lr=lr_schedule.get_last_lr()[0],
+                 relative_error=relative_error(prediction.detach(), example)):
             break
     bar.close()
     clock.stop()
-    train_seconds = clock.train_seconds
 
     # 6. The result: genie_head/ (the EMA weights where EMA is on) and the run's summary
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        final = accelerator.unwrap_model(head)
-        if ema is not None:
-            ema.copy_to(final.parameters())
-        target = out / "genie_head"
-        final.save_pretrained(target)
-        summary = {"teacher": cfg.teacher, "steps": step, "images_seen_this_invocation": images_seen,
-                   "final_loss": logs.get("loss"), "final_relative_error": logs.get("relative_error"),
-                   "head_parameters": sum(p.numel() for p in final.parameters()),
-                   "unet_parameters": sum(p.numel() for p in unet.parameters()),
-                   "wall_clock_seconds": clock.wall_clock_seconds,
-                   "train_seconds_all_invocations": clock.total_train_seconds, "train_seconds": train_seconds,
-                   "steps_per_s": (step - first_step) / train_seconds if train_seconds > 0 else None,
-                   "hardware": hardware_description(accelerator), "device": str(accelerator.device),
-                   "processes": accelerator.num_processes, "skipped_files": loader.dataset.skips.counts,
-                   "latent_cache": None if cache is None else {"hits": cache.hits, "misses": cache.misses},
-                   "text_cache": {"hits": text_cache.hits, "misses": text_cache.misses}}
-        for folder in (out, target):
-            (folder / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        save_config(cfg, target / "training_config.json")
-        if cfg.save_pipeline:
-            teacher.register_modules(genie_head=final)
-            teacher.save_pretrained(out / "pipeline")
-        accelerator.print(loader.dataset.skips.summary())
-        accelerator.print(f"wrote {target}")
+        finish(cfg, accelerator, teacher, head, ema, out, run_summary(
+            accelerator, clock, step=step, first_step=first_step, images_seen=after.images_seen, data=data,
+            teacher=cfg.teacher, final_loss=after.logs.get("loss"),
+            final_relative_error=after.logs.get("relative_error")))
+        accelerator.print(data.dataset.skips.summary())
     accelerator.end_training()
+
+
+def finish(cfg: DistillGenieConfig, accelerator, teacher, head, ema, out: Path, summary: dict) -> None:
+    """genie_head/ (the EMA weights where EMA is on) with its summary and config; pipeline/ with --save-pipeline."""
+    final = accelerator.unwrap_model(head)
+    if ema is not None:
+        ema.copy_to(final.parameters())
+    target = out / "genie_head"
+    final.save_pretrained(target)
+    summary.update(head_parameters=sum(p.numel() for p in final.parameters()),
+                   unet_parameters=sum(p.numel() for p in teacher.unet.parameters()))
+    write_summary(summary, out, target)
+    save_config(cfg, target / "training_config.json")
+    if cfg.save_pipeline:
+        teacher.register_modules(genie_head=final)
+        teacher.save_pretrained(out / "pipeline")
+    accelerator.print(f"wrote {target}")
 
 
 @torch.no_grad()
@@ -247,23 +214,15 @@ def validate(cfg: DistillGenieConfig, accelerator, teacher, head, ema, out: Path
     if not accelerator.is_main_process:
         return
     model = accelerator.unwrap_model(head)
-    if ema is not None:
-        ema.store(model.parameters())
-        ema.copy_to(model.parameters())
-    was_training = model.training
-    model.eval()
-    pipe = LatentDiffusionPipeline(vae=teacher.vae, text_encoder=teacher.text_encoder, tokenizer=teacher.tokenizer,
-                                   unet=teacher.unet, scheduler=teacher.scheduler, genie_head=model)
-    pipe.set_sampler("ddim", clip_sample=False)
-    rows = [steps_grid(pipe, cfg.validation_prompts, cfg.seed, cfg.validation_steps, cfg.validation_guidance,
-                       out / "samples" / f"step-{step:07d}-ddim.png")]
-    pipe.set_sampler("taylor2")
-    rows.append(steps_grid(pipe, cfg.validation_prompts, cfg.seed, cfg.validation_steps, cfg.validation_guidance,
-                           out / "samples" / f"step-{step:07d}-genie.png"))
-    model.train(was_training)
-    if ema is not None:
-        ema.restore(model.parameters())
-    for tag, grid in zip(("ddim", "genie"), rows):
+    with ema_weights(ema, model):
+        pipe = LatentDiffusionPipeline(vae=teacher.vae, text_encoder=teacher.text_encoder, tokenizer=teacher.tokenizer,
+                                       unet=teacher.unet, scheduler=teacher.scheduler, genie_head=model)
+        rows = {}
+        for tag, sampler, options in (("ddim", "ddim", {"clip_sample": False}), ("genie", "taylor2", {})):
+            pipe.set_sampler(sampler, **options)
+            rows[tag] = steps_grid(pipe, cfg.validation_prompts, cfg.seed, cfg.validation_steps,
+                                   cfg.validation_guidance, out / "samples" / f"step-{step:07d}-{tag}.png")
+    for tag, grid in rows.items():
         log_image(accelerator, f"validation/{tag}", grid, step)
 
 

@@ -10,7 +10,7 @@ guidance_scale 1. `--mode full` (LCM; Luo et al. 2023, arXiv:2310.04378): the wh
 scale as an input (`time_cond_proj_dim`), with an EMA target network; the result, `pipeline/`, is a complete
 diffusers folder (the teacher's VAE, text encoder and tokenizer, the distilled UNet, an LCMScheduler).
 
-The mathematics is in training/lcm.py; this file is one linear loop: data -> (cached) VAE latents and text
+The mathematics is in latentdiff/lcm/consistency.py; this file is one linear loop: data -> (cached) VAE latents and text
 embeddings -> LCD step (student, teacher DDIM step, target) -> per-sample loss -> backward -> EMA target ->
 logs, sample grids of 1/2/4/8 LCM steps, checkpoints. Modelled on diffusers' examples/consistency_distillation
 (train_lcm_distill_sd_wds.py, train_lcm_distill_lora_sd_wds.py).
@@ -19,25 +19,26 @@ logs, sample grids of 1/2/4/8 LCM steps, checkpoints. Modelled on diffusers' exa
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler, LCMScheduler, UNet2DConditionModel
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from latentdiff.data.cache import LatentCache, TextEmbeddingCache
-from latentdiff.data.dataset import DataConfig, build_dataloader
+from latentdiff.data.dataset import DataConfig
 from latentdiff.pipelines import LatentDiffusionPipeline, make_scheduler
-from latentdiff.training.checkpoint import batches_from, resume_progress, save_checkpoint
+from latentdiff.pipelines.processes import require_process
+from latentdiff.training.checkpoint import resume_progress
 from latentdiff.training.config import parse_config, save_config, start_run
-from latentdiff.training.hardware import hardware_description
-from latentdiff.training.lcm import (LOSSES, DDIMSolver, consistency_function, consistency_loss, guidance_embedding,
+from latentdiff.training.data import TrainingData
+from latentdiff.training.ema import make_ema
+from latentdiff.training.optim import optimizer_and_schedule
+from latentdiff.training.periodic import AfterStep
+from latentdiff.training.summary import run_summary, write_summary
+from latentdiff.lcm.consistency import (LOSSES, DDIMSolver, consistency_function, consistency_loss, guidance_embedding,
                                      sample_guidance, teacher_ddim_step)
-from latentdiff.training.run_clock import RunClock, due
+from latentdiff.training.run_clock import RunClock
 from latentdiff.training.validation import log_image, steps_grid
 
 MODES = ("lora", "full")
@@ -144,10 +145,14 @@ def build_student(teacher: UNet2DConditionModel, cfg: DistillLCMConfig) -> UNet2
     return student
 
 
-def load_teacher(cfg: DistillLCMConfig) -> dict:
-    """vae, text_encoder, tokenizer, unet (the teacher), the noise process (a DDPMScheduler) and the LCMScheduler
-    the student samples with (the teacher's process; grid and boundary scalings of this run)."""
+def load_teacher(cfg: DistillLCMConfig, device: torch.device, dtype: torch.dtype) -> dict:
+    """vae, text_encoder, tokenizer, unet (the teacher; frozen, on `device` in `dtype`), the noise process (a
+    DDPMScheduler) and the LCMScheduler the student samples with (the teacher's process; grid and boundary scalings
+    of this run)."""
     parts = LatentDiffusionPipeline.from_pretrained(cfg.teacher).components
+    require_process(dict(parts["scheduler"].config), "ddpm", f"LCM distillation of {cfg.teacher}")
+    for module in (parts["vae"], parts["text_encoder"], parts["unet"]):
+        module.requires_grad_(False).eval().to(device, dtype)
     if parts["unet"].config.time_cond_proj_dim is not None:
         raise ValueError(f"{cfg.teacher}: the teacher UNet already takes a guidance embedding (time_cond_proj_dim); "
                          "distil a standard classifier-free-guided model.")
@@ -198,128 +203,81 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(DistillLCMConfig, argv, prog="distill_lcm")
     accelerator, out = start_run(cfg, "distill_lcm")
 
-    # 1. Models: the frozen teacher (VAE, text encoder, UNet); the student; the target network theta^-
-    parts = load_teacher(cfg)
-    vae, text_encoder, tokenizer, teacher = parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["unet"]
-    noise_scheduler, lcm_scheduler = parts["noise_scheduler"], parts["lcm_scheduler"]
-    student = build_student(teacher, cfg).train()
+    # 1. Models: the frozen teacher (VAE, text encoder, UNet); the student; the target network theta^- (full mode)
     frozen_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    for module in (vae, text_encoder, teacher):
-        module.requires_grad_(False).eval().to(accelerator.device, frozen_dtype)
-    ema, target_unet = None, None
-    if cfg.mode == "full":  # theta^- = EMA of theta, a constant decay (min_decay = decay: no warm-up)
-        target_unet = copy.deepcopy(student).requires_grad_(False).to(accelerator.device)
-        ema = EMAModel(student.parameters(), decay=cfg.ema_decay, min_decay=cfg.ema_decay,
-                       model_cls=UNet2DConditionModel, model_config=student.config)
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
+    parts = load_teacher(cfg, accelerator.device, frozen_dtype)
+    noise_scheduler, lcm_scheduler, teacher = parts["noise_scheduler"], parts["lcm_scheduler"], parts["unet"]
+    student = build_student(teacher, cfg).train()
+    target_unet = copy.deepcopy(student).requires_grad_(False).to(accelerator.device) if cfg.mode == "full" else None
+    ema = make_ema(student, accelerator, cfg.ema_decay, warmup=False) if cfg.mode == "full" else None
     solver = DDIMSolver.from_scheduler(noise_scheduler, cfg.num_ddim_timesteps)
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(accelerator.device)  # (T,) abar_t
-    prediction_type = noise_scheduler.config.prediction_type
 
     # 2. Optimizer and learning-rate schedule over the student's trained parameters
     params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    lr_schedule = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
-                                num_training_steps=cfg.max_steps)
+    optimizer, lr_schedule = optimizer_and_schedule(cfg, params)
     student, optimizer, lr_schedule = accelerator.prepare(student, optimizer, lr_schedule)
 
     # 3. Data: this rank's shard; VAE latents and text embeddings from the on-disk caches
-    data = DataConfig(train_data=cfg.train_data, resolution=cfg.resolution, seed=cfg.seed,
-                      caption_column=cfg.caption_column)
-    loader = build_dataloader(data, cfg.batch_size, num_workers=cfg.num_workers, drop_last=True,
-                              rank=accelerator.process_index, world_size=accelerator.num_processes)
-    cache_root = Path(cfg.cache_dir or out / "cache")
-    cache = LatentCache(cache_root, vae, data.transform_config(), data.bucket_config()) if cfg.cache_latents else None
-    text_cache = TextEmbeddingCache(cache_root, text_encoder, tokenizer)
-    uncond = text_cache.encode([""], accelerator.device)  # (1, 77, D): the teacher's unconditional branch
+    data = TrainingData(DataConfig(train_data=cfg.train_data, resolution=cfg.resolution, seed=cfg.seed,
+                                   caption_column=cfg.caption_column), accelerator, cfg.batch_size,
+                        vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+                        cache_dir=cfg.cache_dir or out / "cache", cache_latents=cfg.cache_latents,
+                        num_workers=cfg.num_workers, dtype=frozen_dtype)
+    uncond = data.text([""])  # (1, 77, D): the teacher's unconditional branch
 
-    # 4. Resume: student, optimizer, EMA, LR schedule and RNG states; the data position follows from the step
+    # 4. Resume: student, optimizer, EMA, LR schedule and RNG states; the data position from the progress record
     progress = resume_progress(accelerator, cfg.resume, out)
+    step = first_step = progress["step"]
     if ema is not None:
         ema.copy_to(target_unet.parameters())
-    step = first_step = progress["step"]
+    clock = RunClock(accelerator, cfg.time_budget_minutes, progress)  # training time, all invocations
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="distill", disable=not accelerator.is_main_process)
+    after = AfterStep(accelerator, clock, out, cfg, lambda at: validate(cfg, accelerator, parts, student, out, at),
+                      bar, cfg.batch_size * accelerator.num_processes)
 
     # 5. Distillation loop (Luo et al. 2023, Algorithm 1)
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="distill", disable=not accelerator.is_main_process)
-    clock = RunClock(accelerator, cfg.time_budget_minutes, progress)  # training time, all invocations
-    images_seen, logs = 0, {}
-    for epoch, i, batch in batches_from(loader, progress["epoch"], progress["batch"]) if step < cfg.max_steps else ():
-        loader.dataset.skips.update(batch["skipped"])  # broken files ride along in batches (data/dataset.py)
-        if accelerator.reduce(torch.tensor(float(len(batch["keys"]) == 0), device=accelerator.device)) > 0:
-            continue  # a batch of broken files only, on some rank: all ranks move on together
-        x = batch["pixel_values"].to(accelerator.device, frozen_dtype)  # (B, 3, H, W)
-        with torch.no_grad():
-            dist = cache.latent_dist(x, batch["keys"]) if cache else vae.encode(x).latent_dist
-            latents = dist.sample().float() * vae.config.scaling_factor  # z_0 (B, 4, h, w)
-        text = text_cache.encode(batch["captions"], accelerator.device)  # c (B, 77, D)
+    for epoch, i, batch in data.batches(progress) if step < cfg.max_steps else ():
+        latents = data.latents(batch)  # z_0 (B, C, h, w)
+        text = data.text(batch["captions"])  # c (B, 77, D)
         b = len(latents)
-
+        # LCD step: the student at t_{n+k}; the teacher's guided DDIM step to t_n; the target network there
         index, t_start, t_end = solver.sample_timesteps(b, accelerator.device)  # n, t_{n+k}, t_n (B,)
-        z_start = noise_scheduler.add_noise(latents, torch.randn_like(latents), t_start)  # z_{t_{n+k}} (B, 4, h, w)
+        z_start = noise_scheduler.add_noise(latents, torch.randn_like(latents), t_start)  # z_{t_{n+k}} (B, C, h, w)
         w = sample_guidance(b, cfg.w_min, cfg.w_max, accelerator.device)  # (B,)
         w_embedding = guidance_embedding(w, cfg.time_cond_proj_dim) if cfg.mode == "full" else None  # (B, dim)
         pred = consistency_function(student, z_start, t_start, text, w_embedding, lcm_scheduler, alphas_cumprod)
         with torch.no_grad(), accelerator.autocast():
-            z_prev = teacher_ddim_step(teacher, z_start.to(frozen_dtype), t_start, index, text,
-                                       uncond.expand(b, -1, -1), w, solver, alphas_cumprod, prediction_type).float()
+            z_prev = teacher_ddim_step(teacher, z_start.to(frozen_dtype), t_start, index, text, uncond.expand(b, -1, -1),
+                                       w, solver, alphas_cumprod, noise_scheduler.config.prediction_type).float()
             target_net = target_unet if target_unet is not None else accelerator.unwrap_model(student)
             target = consistency_function(target_net, z_prev, t_end, text, w_embedding, lcm_scheduler, alphas_cumprod)
         loss = consistency_loss(pred, target, cfg.loss, cfg.huber_c)  # (B,)
         if not torch.isfinite(loss).all():
-            raise RuntimeError(f"Non-finite loss at step {step}: lower --learning-rate or resume from an earlier "
-                               "checkpoint.")
+            raise RuntimeError(f"Non-finite loss at step {step}: lower --learning-rate or resume from a checkpoint.")
         accelerator.backward(loss.mean())
         accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         lr_schedule.step()
         optimizer.zero_grad(set_to_none=True)
-
-        # one optimizer step done: move theta^- towards theta
-        step += 1
+        step += 1  # one optimizer step done: move theta^- towards theta
         if ema is not None:
             ema.step(accelerator.unwrap_model(student).parameters())
             ema.copy_to(target_unet.parameters())
-        images_seen += b * accelerator.num_processes
-        logs = {"loss": loss.mean().item(), "lr": lr_schedule.get_last_lr()[0],
-                "images_per_s": images_seen / clock.train_seconds}
-        accelerator.log(logs, step=step)
-        bar.update()
-        bar.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{logs['images_per_s']:.1f}")
-
-        out_of_time = clock.out_of_time()  # the same on every rank
-        with clock.paused():  # validation and checkpoints are not training time
-            if due(step, cfg.validation_every, cfg.max_steps, now=out_of_time):
-                validate(cfg, accelerator, parts, student, out, step)
-            if due(step, cfg.checkpoint_every, cfg.max_steps, now=out_of_time):
-                save_checkpoint(accelerator, out, step, cfg.keep_checkpoints, extra=clock.progress(epoch, i + 1))
-        if out_of_time:
-            accelerator.print(f"time budget of {cfg.time_budget_minutes} min spent at step {step}")
-            break
-        if step >= cfg.max_steps:
+        if after(step, epoch, i + 1, loss=loss.mean().item(), lr=lr_schedule.get_last_lr()[0]):
             break
     bar.close()
     clock.stop()
-    train_seconds = clock.train_seconds
 
     # 6. The result: the student's LoRA weights or a complete pipeline folder, and the run's summary
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         target = save_outputs(cfg, parts, accelerator.unwrap_model(student), out)
-        summary = {"mode": cfg.mode, "teacher": cfg.teacher, "steps": step,
-                   "wall_clock_seconds": clock.wall_clock_seconds,
-                   "train_seconds_all_invocations": clock.total_train_seconds, "train_seconds": train_seconds,
-                   "final_loss": logs.get("loss"), "hardware": hardware_description(accelerator),
-                   "processes": accelerator.num_processes, "device": str(accelerator.device),
-                   "images_per_s": images_seen / train_seconds if step > first_step else None,
-                   "skipped_files": loader.dataset.skips.counts,
-                   "latent_cache": None if cache is None else {"hits": cache.hits, "misses": cache.misses},
-                   "text_cache": {"hits": text_cache.hits, "misses": text_cache.misses}}
-        for folder in (out, target):  # beside the checkpoints, and in the result folder for its card
-            (folder / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        write_summary(run_summary(accelerator, clock, step=step, first_step=first_step, images_seen=after.images_seen,
+                                  data=data, mode=cfg.mode, teacher=cfg.teacher, final_loss=after.logs.get("loss")),
+                      out, target)
         save_config(cfg, target / "training_config.json")
-        accelerator.print(loader.dataset.skips.summary())
-        accelerator.print(f"wrote {target}\nuse it: {usage(cfg, target)}")
+        accelerator.print(f"{data.dataset.skips.summary()}\nwrote {target}\nuse it: {usage(cfg, target)}")
     accelerator.end_training()
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from time import perf_counter
+from time import perf_counter, process_time
 from typing import Any
 
 import torch
@@ -37,7 +37,8 @@ class RunClock:
         self.budget = None if budget_minutes is None else 60.0 * budget_minutes  # training seconds, all invocations
         self.earlier_train = float(progress.get("train_seconds", 0.0))  # of the invocations before this one
         self.earlier_wall = float(progress.get("wall_clock_seconds", 0.0))
-        self.start = perf_counter()
+        self.earlier_cpu = float(progress.get("cpu_seconds", 0.0))
+        self.start, self.cpu_start = perf_counter(), process_time()
         self._paused = 0.0  # seconds spent in `paused()` in this invocation
         self._stopped_at: float | None = None  # when the training clock stopped (a pause, or `stop()`)
 
@@ -50,6 +51,12 @@ class RunClock:
     def wall_clock_seconds(self) -> float:
         """Wall-clock seconds of all invocations."""
         return self.earlier_wall + self.seconds
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU seconds of this process (user + system, all its threads) over all invocations: what a run cost on a
+        shared machine, whatever else ran beside it."""
+        return self.earlier_cpu + process_time() - self.cpu_start
 
     @property
     def train_seconds(self) -> float:
@@ -91,4 +98,4 @@ class RunClock:
         """The progress record of a checkpoint beyond its step (`save_checkpoint(extra=...)`): the position of the
         next batch and both clocks, which a resumed run's clock goes on from."""
         return {"epoch": epoch, "batch": batch, "train_seconds": self.total_train_seconds,
-                "wall_clock_seconds": self.wall_clock_seconds}
+                "wall_clock_seconds": self.wall_clock_seconds, "cpu_seconds": self.cpu_seconds}

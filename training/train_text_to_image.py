@@ -7,39 +7,37 @@ jointly on a frozen VAE, as the original LDM text-to-image model trained its tex
 (Rombach et al. 2022, sec. 4.3.1). Fine-tuning (`--pretrained DIR`): the full UNet (optionally the text
 encoder), or LoRA adapters through peft (`--lora-rank R`; Hu et al. 2022), saved as
 `pytorch_lora_weights.safetensors` in the diffusers format `load_lora_weights` reads.
-`--process cld` trains critically-damped Langevin diffusion instead of DDPM (Dockhorn et al. 2022; the step is
-in cld_step.py) and saves its CLD scheduler with the pipeline.
-
-One linear loop: data -> (cached) VAE latents -> noise -> UNet -> per-sample loss -> backward -> EMA ->
-logs, sample grids, checkpoints. Everything else lives in the modules it calls.
+`--process NAME` picks the noise process and its objective (latentdiff/objective.py: DDPM, CLD, ...); the loop is
+the same for all: data -> (cached) VAE latents -> objective.perturb -> UNet -> objective.loss -> backward -> EMA
+-> logs, checkpoints, sample grids. Everything else lives in the modules it calls.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
+from accelerate import Accelerator
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from tqdm.auto import tqdm
 
-from latentdiff.data.cache import LatentCache, TextEmbeddingCache
+from latentdiff.data.dataset import DataConfig
 from latentdiff.hub import check_hub_arguments, push_folder
-from latentdiff.data.dataset import DataConfig, build_dataloader
-from latentdiff.cld import CLDConfig
+from latentdiff.objective import TIMESTEP_DENSITIES, objective_row
 from latentdiff.pipelines import LatentDiffusionPipeline, make_scheduler
-from latentdiff.pipelines.cld_process import HSM_WEIGHTINGS
-from latentdiff.pipelines.samplers import PROCESSES
-from latentdiff.presets import build_components, get_preset
-from latentdiff.training.cld_step import CLDObjective, cld_preset
-from latentdiff.training.checkpoint import batches_from, resume_progress, save_checkpoint
+from latentdiff.pipelines.processes import get_process
+from latentdiff.presets import build_components, fit_unet
+from latentdiff.training.checkpoint import resume_progress
 from latentdiff.training.config import parse_config, save_config, start_run
-from latentdiff.training.hardware import hardware_description
-from latentdiff.training.losses import add_noise, diffusion_loss
-from latentdiff.training.run_clock import RunClock, due
+from latentdiff.training.data import TrainingData, drop_captions
+from latentdiff.training.ema import ema_weights, make_ema
+from latentdiff.training.optim import optimizer_and_schedule
+from latentdiff.training.periodic import AfterStep
+from latentdiff.training.run_clock import RunClock
+from latentdiff.training.summary import run_summary, write_summary
 from latentdiff.training.validation import log_image, sample_grid
 
 
@@ -70,6 +68,9 @@ class TextToImageConfig:
     train_text_encoder: bool | None = None  # train the text encoder too; default: yes from scratch, no otherwise
     lora_rank: int = 0  # > 0: train LoRA adapters of this rank on the UNet's attention instead of all weights
     process: str = "ddpm"  # noise process: "ddpm" (VP, as Stable Diffusion) or "cld" (critically-damped Langevin)
+    timestep_sampling: str = "uniform"  # training time density: "uniform" or "logit_normal" (SD3)
+    timestep_shift: float = 1.0  # shift of that density towards noise, t' = s t / (1 + (s - 1) t) (SD3 eq. 23)
+    zero_terminal_snr: bool = False  # rescale betas to zero terminal SNR (Lin et al. 2024); needs v_prediction (ddpm)
     # CLD options (--process cld; Dockhorn et al. 2022, defaults the paper's). The process and the mixed score apply
     # from scratch; fine-tuning keeps those of the --pretrained CLD folder.
     cld_beta_schedule: str = "constant"  # beta(t): "constant" (4) or "linear" (0.1 -> 8)
@@ -111,21 +112,12 @@ class TextToImageConfig:
     hub_private: bool = False  # create the hub repo as private
 
     def __post_init__(self):
-        if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"--prediction-type must be epsilon or v_prediction, got {self.prediction_type!r}.")
-        if self.process not in PROCESSES:
-            raise ValueError(f"--process must be one of {', '.join(PROCESSES)}, got {self.process!r}.")
-        if self.process == "cld":
-            try:
-                cld_process_config(self)
-            except ValueError as err:
-                raise ValueError(f"--cld-beta-schedule / --cld-mass / --cld-gamma: {err}") from None
-            if self.cld_loss_weighting not in HSM_WEIGHTINGS:
-                raise ValueError(f"--cld-loss-weighting must be one of {', '.join(HSM_WEIGHTINGS)}, got "
-                                 f"{self.cld_loss_weighting!r}.")
-            if self.noise_offset:
-                raise ValueError("--noise-offset is offset noise for the DDPM process; CLD draws its own noise. "
-                                 "Leave it at 0 with --process cld.")
+        objective_row(self.process).check(self)  # the process's own options (ValueError naming the flag)
+        if not self.timestep_shift > 0:
+            raise ValueError(f"--timestep-shift must be > 0, got {self.timestep_shift}.")
+        if self.timestep_sampling not in TIMESTEP_DENSITIES:
+            raise ValueError(f"--timestep-sampling must be one of {', '.join(TIMESTEP_DENSITIES)}, got "
+                             f"{self.timestep_sampling!r}.")
         for name in ("batch_size", "max_steps", "checkpoint_every", "validation_every", "gradient_accumulation_steps",
                      "max_bad_steps"):
             if getattr(self, name) < 1:
@@ -146,41 +138,29 @@ class TextToImageConfig:
         check_hub_arguments(self)  # before training, not after: a missing token or repo id fails now
 
 
-SAMPLER = {"ddpm": "dpm++2m", "cld": "cld-ode"}  # the named sampler of the sample grids and the final folder
-
-
-def cld_process_config(cfg: TextToImageConfig) -> dict:
-    """The CLD scheduler config of a from-scratch run: the process (validated by CLDConfig) and the mixed score."""
-    process = dict(M=cfg.cld_mass, gamma=cfg.cld_gamma, beta_schedule=cfg.cld_beta_schedule)
-    CLDConfig(**process)
-    return {**process, "mixed_score": cfg.cld_mixed_score}
-
-
 def load_models(cfg: TextToImageConfig) -> dict:
-    """vae, text_encoder, tokenizer, unet and the noise process for this run: a DDPMScheduler, or for CLD the CLD
-    scheduler whose config records the process (and the mixed score)."""
+    """vae, text_encoder, tokenizer, unet, and "process": the scheduler config of the run's noise process (the
+    pretrained folder's, or for a from-scratch model the preset's, with a UNet whose channels fit the VAE)."""
     if cfg.pretrained is not None:
         pipe = LatentDiffusionPipeline.from_pretrained(cfg.pretrained)
         if pipe.process != cfg.process:
-            names = {"cld": "a CLD (critically-damped Langevin diffusion) model", "ddpm": "a DDPM-family model"}
             raise ValueError(
-                f"--process {cfg.process} needs {names[cfg.process]}, but --pretrained {cfg.pretrained} is "
-                f"{names[pipe.process]} (UNet in_channels {pipe.unet.config.in_channels}, scheduler "
-                f"{type(pipe.scheduler).__name__}). Fine-tune it with --process {pipe.process}, or train a "
-                f"{cfg.process} model from scratch with --preset NAME --vae DIR --process {cfg.process}.")
+                f"--process {cfg.process} needs {get_process(cfg.process).description}, but --pretrained "
+                f"{cfg.pretrained} is {get_process(pipe.process).description} (UNet in_channels "
+                f"{pipe.unet.config.in_channels}, scheduler {type(pipe.scheduler).__name__}). Fine-tune it with "
+                f"--process {pipe.process}, or train a {cfg.process} model from scratch with --preset NAME --vae DIR "
+                f"--process {cfg.process}.")
         parts = pipe.components
-        process = dict(parts["scheduler"].config)
+        base = dict(parts["scheduler"].config)
     else:
-        preset = get_preset(cfg.preset)
-        preset = cld_preset(preset) if cfg.process == "cld" else preset  # CLD: the UNet sees (x, v)
+        vae = AutoencoderKL.from_pretrained(cfg.vae, use_safetensors=True)
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)  # the VAE's downsampling
+        preset = fit_unet(cfg.preset, cfg.process, vae.config.latent_channels, cfg.resolution // factor)
         parts = build_components(preset, seed=cfg.seed)
-        process = cld_process_config(cfg) if cfg.process == "cld" else preset.process
+        base = preset.process
     if cfg.vae is not None:
         parts["vae"] = AutoencoderKL.from_pretrained(cfg.vae, use_safetensors=True)
-    if cfg.process == "cld":
-        parts["noise_scheduler"] = make_scheduler(SAMPLER["cld"], process)
-    else:
-        parts["noise_scheduler"] = DDPMScheduler.from_config(process, prediction_type=cfg.prediction_type)
+    parts["process"] = objective_row(cfg.process).scheduler_config(cfg, base, cfg.pretrained is not None)
     return parts
 
 
@@ -190,6 +170,13 @@ def add_lora(unet: UNet2DConditionModel, rank: int) -> None:
     unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                 target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+
+
+def pipeline_of(cfg: TextToImageConfig, parts: dict, unet, text_encoder) -> LatentDiffusionPipeline:
+    """The pipeline of these weights, with the process's default sampler."""
+    scheduler = make_scheduler(get_process(cfg.process).default_sampler, parts["process"])
+    return LatentDiffusionPipeline(vae=parts["vae"], text_encoder=text_encoder, tokenizer=parts["tokenizer"],
+                                   unet=unet, scheduler=scheduler)
 
 
 def save_outputs(cfg: TextToImageConfig, parts: dict, unet, text_encoder, out: Path) -> Path:
@@ -202,11 +189,8 @@ def save_outputs(cfg: TextToImageConfig, parts: dict, unet, text_encoder, out: P
         layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
         LatentDiffusionPipeline.save_lora_weights(target, unet_lora_layers=layers, safe_serialization=True)
         return target
-    scheduler = make_scheduler(SAMPLER[cfg.process], dict(parts["noise_scheduler"].config))
-    pipe = LatentDiffusionPipeline(vae=parts["vae"], text_encoder=text_encoder, tokenizer=parts["tokenizer"],
-                                   unet=unet, scheduler=scheduler)
     target = out / "pipeline"
-    pipe.save_pretrained(target)
+    pipeline_of(cfg, parts, unet, text_encoder).save_pretrained(target)
     return target
 
 
@@ -215,13 +199,110 @@ def main(argv: list[str] | None = None) -> None:
     accelerator, out = start_run(cfg, "train_text_to_image", dynamo_backend="inductor" if cfg.compile else "no",
                                  gradient_accumulation_steps=cfg.gradient_accumulation_steps)
 
-    # 1. Models: frozen VAE; trained UNet (or its LoRA) and, optionally, text encoder
+    # 1. Models: frozen VAE; trained UNet (or its LoRA) and, optionally, text encoder; the objective
     parts = load_models(cfg)
-    vae, text_encoder, tokenizer, unet = parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["unet"]
-    noise_scheduler = parts["noise_scheduler"]
-    cld = None  # the CLD step (cld_step.py) in place of add_noise / diffusion_loss
-    if cfg.process == "cld":
-        cld = CLDObjective(noise_scheduler.process, cfg.cld_loss_weighting, noise_scheduler.config.mixed_score)
+    vae, text_encoder, unet = parts["vae"], parts["text_encoder"], parts["unet"]
+    objective = objective_row(cfg.process).build(parts["process"], cfg)
+    frozen_dtype = prepare_models(cfg, accelerator, vae, text_encoder, unet)
+    ema = make_ema(unet, accelerator, cfg.ema_decay) if cfg.use_ema and not cfg.lora_rank else None
+
+    # 2. Optimizer and learning-rate schedule over the trained parameters
+    params = [p for p in unet.parameters() if p.requires_grad] + (
+        list(text_encoder.parameters()) if cfg.train_text_encoder else [])
+    optimizer, lr_schedule = optimizer_and_schedule(cfg, params)
+    if cfg.train_text_encoder:
+        unet, text_encoder, optimizer, lr_schedule = accelerator.prepare(unet, text_encoder, optimizer, lr_schedule)
+    else:
+        unet, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
+
+    # 3. Data: this rank's shard; VAE latents (and frozen text embeddings) from the on-disk caches
+    data = TrainingData(data_config(cfg), accelerator, cfg.batch_size, vae=vae, text_encoder=text_encoder,
+                        tokenizer=parts["tokenizer"], cache_dir=cfg.cache_dir or out / "cache",
+                        cache_latents=cfg.cache_latents, cache_text=cfg.cache_text and not cfg.train_text_encoder,
+                        train_text_encoder=cfg.train_text_encoder, num_workers=cfg.num_workers, dtype=frozen_dtype)
+
+    # 4. Resume: model, optimizer, EMA, LR schedule and RNG states; the data position from the progress record
+    progress = resume_progress(accelerator, cfg.resume, out)
+    step = first_step = progress["step"]
+    clock = RunClock(accelerator, cfg.time_budget_minutes, progress)  # training time, all invocations
+
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not accelerator.is_main_process)
+    after = AfterStep(accelerator, clock, out, cfg, lambda at: validate(cfg, accelerator, parts, unet, text_encoder,
+                                                                         ema, out, at),
+                      bar, cfg.batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps)
+    guard, seen = NonFiniteGuard(cfg.max_bad_steps), []
+
+    # 5. Training loop
+    for epoch, i, batch in data.batches(progress, cfg.gradient_accumulation_steps) if step < cfg.max_steps else ():
+        seen += batch["names"]
+        with accelerator.accumulate(unet):
+            z0 = data.latents(batch)  # (B, C, h, w)
+            text = data.text(drop_captions(batch["captions"], cfg.caption_dropout))  # (B, 77, D)
+            noised = objective.perturb(z0)  # the UNet's input (B, C_in, h, w) and timestep input (B,)
+            pred = unet(noised.noisy, noised.timesteps, text).sample  # (B, C, h, w)
+            loss = objective.loss(pred, noised)  # (B,)
+            if guard.skip(accelerator, loss, step, optimizer):
+                continue
+            accelerator.backward(loss.mean())
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            lr_schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+        if not accelerator.sync_gradients:
+            continue
+        step += 1  # one optimizer step done
+        if ema is not None:
+            ema.step(unet.parameters())
+        if after(step, epoch, i + 1, loss=loss.mean().item(), lr=lr_schedule.get_last_lr()[0], bad_steps=guard.total):
+            break
+    bar.close()
+    clock.stop()
+    if after.stopped_early:
+        return accelerator.end_training()
+
+    # 6. The final folder: the EMA weights of the UNet where EMA is on; the run summary; the upload
+    write_rank_report(out, accelerator, seen, accelerator.unwrap_model(unet))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        finish(cfg, accelerator, parts, unet, text_encoder, ema, out, clock, after, data,
+               step=step, first_step=first_step, non_finite_steps_skipped=guard.total)
+    accelerator.end_training()
+
+
+def finish(cfg: TextToImageConfig, accelerator, parts: dict, unet, text_encoder, ema, out: Path, clock: RunClock,
+           after: AfterStep, data: TrainingData, *, step: int, first_step: int, **extra) -> None:
+    """Save the final folder (EMA weights where EMA is on), its summary and config, and push it if asked."""
+    final_unet = accelerator.unwrap_model(unet)
+    if ema is not None:
+        ema.copy_to(final_unet.parameters())
+    target = save_outputs(cfg, parts, final_unet, accelerator.unwrap_model(text_encoder), out)
+    write_summary(run_summary(accelerator, clock, step=step, first_step=first_step, images_seen=after.images_seen,
+                              data=data, epochs=epochs_done(step, cfg, accelerator.num_processes, data.dataset),
+                              final_loss=after.logs.get("loss"), steady_images_per_s=after.steady_images_per_s,
+                              **extra), out, target)
+    save_config(cfg, target / "training_config.json")
+    accelerator.print(f"{data.dataset.skips.summary()}\nwrote {target}")
+    if cfg.push_to_hub:
+        base = cfg.pretrained if cfg.pretrained and not Path(cfg.pretrained).exists() else None
+        push_folder(target, cfg.hub_repo_id, private=cfg.hub_private, base_model=cfg.pretrained, base_model_id=base,
+                    log=accelerator.print)
+
+
+@torch.no_grad()
+def validate(cfg: TextToImageConfig, accelerator, parts: dict, unet, text_encoder, ema, out: Path, step: int) -> None:
+    """The sample grid of the fixed prompts and seeds, with the EMA weights where EMA is on."""
+    if not accelerator.is_main_process:
+        return
+    model, encoder = accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder)
+    with ema_weights(ema, model), ema_weights(None, encoder):
+        grid = sample_grid(pipeline_of(cfg, parts, model, encoder), cfg.validation_prompts, cfg.seed,
+                           cfg.validation_steps, cfg.validation_guidance, out / "samples" / f"step-{step:07d}.png")
+    log_image(accelerator, "validation", grid, step)
+
+
+def prepare_models(cfg: TextToImageConfig, accelerator: Accelerator, vae, text_encoder, unet) -> torch.dtype:
+    """Freeze the VAE (and the text encoder unless it trains), add LoRA, set layouts; the frozen models' dtype."""
     vae.requires_grad_(False).eval()
     text_encoder.requires_grad_(cfg.train_text_encoder)
     if cfg.lora_rank:
@@ -236,177 +317,34 @@ def main(argv: list[str] | None = None) -> None:
     vae.to(accelerator.device, frozen_dtype)
     if not cfg.train_text_encoder:
         text_encoder.to(accelerator.device, frozen_dtype)
-    ema = None
-    if cfg.use_ema and not cfg.lora_rank:
-        ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, model_cls=UNet2DConditionModel,
-                       model_config=unet.config)
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
+    return frozen_dtype
 
-    # 2. Optimizer and learning-rate schedule over the trained parameters
-    params = [p for p in unet.parameters() if p.requires_grad]
-    if cfg.train_text_encoder:
-        params += list(text_encoder.parameters())
-    if cfg.adam_8bit:
-        try:
-            import bitsandbytes as bnb
-        except ImportError as err:
-            raise ValueError("--adam-8bit needs bitsandbytes and a CUDA GPU: pip install bitsandbytes") from err
-        optimizer = bnb.optim.AdamW8bit(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                      fused=cfg.fused_adam or None)
-    lr_schedule = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
-                                num_training_steps=cfg.max_steps)
-    if cfg.train_text_encoder:
-        unet, text_encoder, optimizer, lr_schedule = accelerator.prepare(unet, text_encoder, optimizer, lr_schedule)
-    else:
-        unet, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
 
-    # 3. Data: this rank's shard; VAE latents from the on-disk cache where possible
-    data = DataConfig(train_data=cfg.train_data, resolution=cfg.resolution, seed=cfg.seed,
+def data_config(cfg: TextToImageConfig) -> DataConfig:
+    return DataConfig(train_data=cfg.train_data, resolution=cfg.resolution, seed=cfg.seed,
                       caption_column=cfg.caption_column, bucketing=cfg.bucketing, missing_caption=cfg.missing_caption,
                       min_size=cfg.min_size, outside_root=cfg.outside_root)
-    loader = build_dataloader(data, cfg.batch_size, num_workers=cfg.num_workers, drop_last=True,
-                              rank=accelerator.process_index, world_size=accelerator.num_processes)
-    cache_root = Path(cfg.cache_dir or out / "cache")
-    cache = LatentCache(cache_root, vae, data.transform_config(), data.bucket_config()) if cfg.cache_latents else None
-    text_cache = None
-    if cfg.cache_text and not cfg.train_text_encoder:
-        text_cache = TextEmbeddingCache(cache_root, text_encoder, tokenizer)
-    # 4. Resume: model, optimizer, EMA, LR schedule and RNG states; the data position follows from the step
-    progress = resume_progress(accelerator, cfg.resume, out)
-    step = first_step = progress["step"]
-
-    # 5. Training loop
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not accelerator.is_main_process)
-    clock = RunClock(accelerator, cfg.time_budget_minutes, progress)  # training time, all invocations
-    images_seen, bad_in_a_row, bad_total = 0, 0, 0
-    # steady-state throughput leaves out this invocation's first WARMUP steps (allocator, lazy init, compiling)
-    steady = None  # {"train_seconds", "images"} at the end of the warm-up
-    seen: list[str] = []  # names of the samples this rank trained on (this invocation), for the rank report
-    batches = batches_from(loader, progress["epoch"], progress["batch"], cfg.gradient_accumulation_steps)
-    for epoch, i, batch in batches if step < cfg.max_steps else ():
-        loader.dataset.skips.update(batch["skipped"])  # broken files ride along in batches (data/dataset.py)
-        if accelerator.reduce(torch.tensor(float(len(batch["keys"]) == 0), device=accelerator.device)) > 0:
-            continue  # a batch of broken files only, on some rank: all ranks move on together
-        seen += batch["names"]
-        with accelerator.accumulate(unet):
-            x = batch["pixel_values"].to(accelerator.device, frozen_dtype)  # (B, 3, H, W)
-            with torch.no_grad():
-                dist = cache.latent_dist(x, batch["keys"]) if cache else vae.encode(x).latent_dist
-                latents = dist.sample().float() * vae.config.scaling_factor  # (B, 4, h, w)
-            captions = [("" if float(r) < cfg.caption_dropout else c)
-                        for c, r in zip(batch["captions"], torch.rand(len(x)))]
-            if text_cache is not None:
-                text = text_cache.encode(captions, accelerator.device)  # (B, 77, D)
-            else:
-                ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt").input_ids.to(accelerator.device)  # (B, 77)
-                with torch.set_grad_enabled(cfg.train_text_encoder):
-                    text = text_encoder(ids)[0]  # (B, 77, D)
-            # DDPM: z_t (B, 4, h, w) and integer t; CLD: u_t = (x_t, v_t) (B, 8, h, w) and unet_timestep(t)
-            noised = cld.perturb(latents) if cld else add_noise(noise_scheduler, latents, cfg.noise_offset)
-            pred = unet(noised.noisy, noised.timesteps, text).sample  # (B, 4, h, w): eps / v; CLD: eps_v
-            loss = cld.loss(pred, noised) if cld else diffusion_loss(pred, noised, noise_scheduler, cfg.snr_gamma)
-
-            # A non-finite loss on any rank skips the step on every rank (so DDP's all-reduce stays in step).
-            bad = accelerator.reduce(torch.tensor(float(not torch.isfinite(loss).all()),
-                                                  device=accelerator.device), "sum").item() > 0
-            if bad:
-                optimizer.zero_grad(set_to_none=True)
-                bad_in_a_row, bad_total = bad_in_a_row + 1, bad_total + 1
-                if bad_in_a_row >= cfg.max_bad_steps:
-                    raise RuntimeError(f"{bad_in_a_row} non-finite losses in a row at step {step}: lower "
-                                       "--learning-rate, check the data, or resume from an earlier checkpoint.")
-                continue
-            bad_in_a_row = 0
-            accelerator.backward(loss.mean())
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            lr_schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-        if not accelerator.sync_gradients:
-            continue
-
-        # one optimizer step done
-        step += 1
-        if ema is not None:
-            ema.step(unet.parameters())
-        images_seen += len(x) * accelerator.num_processes * cfg.gradient_accumulation_steps
-        if step - first_step == WARMUP:
-            steady = {"train_seconds": clock.train_seconds, "images": images_seen}
-        logs = {"loss": loss.mean().item(), "lr": lr_schedule.get_last_lr()[0],
-                "images_per_s": images_seen / clock.train_seconds, "bad_steps": bad_total}
-        accelerator.log(logs, step=step)
-        bar.update()
-        bar.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{logs['images_per_s']:.1f}")
-
-        out_of_time = clock.out_of_time()  # the same on every rank
-        with clock.paused():  # validation and checkpoints are not training time
-            if due(step, cfg.validation_every, cfg.max_steps, now=out_of_time):
-                validate(cfg, accelerator, parts, unet, text_encoder, ema, out, step)
-            if due(step, cfg.checkpoint_every, cfg.max_steps, cfg.stop_after, now=out_of_time):
-                # the position of the next batch, so that a resumed run continues with exactly that batch
-                save_checkpoint(accelerator, out, step, cfg.keep_checkpoints, extra=clock.progress(epoch, i + 1))
-        if out_of_time:
-            accelerator.print(f"time budget of {cfg.time_budget_minutes} min spent at step {step}")
-            break
-        if cfg.stop_after is not None and step >= cfg.stop_after and step < cfg.max_steps:
-            accelerator.print(f"stopping at step {step} (--stop-after); go on with --resume latest")
-            accelerator.end_training()
-            return
-        if step >= cfg.max_steps:
-            break
-    bar.close()
-    clock.stop()
-    train_seconds = clock.train_seconds
-    steady_images_per_s = steady_rate(steady, images_seen, train_seconds)
-    final_loss = logs["loss"] if step > first_step else None
-
-    # 6. The final folder: the EMA weights of the UNet where EMA is on
-    write_rank_report(out, accelerator, seen, accelerator.unwrap_model(unet))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        final_unet = accelerator.unwrap_model(unet)
-        if ema is not None:
-            ema.copy_to(final_unet.parameters())
-        target = save_outputs(cfg, parts, final_unet, accelerator.unwrap_model(text_encoder), out)
-        summary = {"steps": step, "epochs": epochs_done(step, cfg, accelerator.num_processes, loader.dataset),
-                   "wall_clock_seconds": clock.wall_clock_seconds,
-                   "hardware": hardware_description(accelerator),
-                   "train_seconds_all_invocations": clock.total_train_seconds, "final_loss": final_loss,
-                   "seconds": clock.seconds, "non_finite_steps_skipped": bad_total,
-                   "processes": accelerator.num_processes, "device": str(accelerator.device),
-                   "skipped_files": loader.dataset.skips.counts,
-                   "train_seconds": train_seconds, "images_per_s": images_seen / train_seconds,
-                   "steady_images_per_s": steady_images_per_s,
-                   "steps_per_s": (step - first_step) / train_seconds,
-                   "latent_cache": None if cache is None else {"hits": cache.hits, "misses": cache.misses},
-                   "text_cache": None if text_cache is None else {"hits": text_cache.hits, "misses": text_cache.misses}}
-        for folder in (out, target):  # beside the checkpoints, and in the model folder for its card
-            (folder / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        save_config(cfg, target / "training_config.json")
-        accelerator.print(loader.dataset.skips.summary())
-        accelerator.print(f"wrote {target}")
-        if cfg.push_to_hub:
-            base = cfg.pretrained if cfg.pretrained and not Path(cfg.pretrained).exists() else None
-            push_folder(target, cfg.hub_repo_id, private=cfg.hub_private, base_model=cfg.pretrained,
-                        base_model_id=base, log=accelerator.print)
-    accelerator.end_training()
 
 
-WARMUP = 3  # first steps of an invocation left out of the steady-state throughput
+class NonFiniteGuard:
+    """A non-finite loss on any rank skips the step on every rank (so DDP's all-reduce stays in step); this many
+    in a row stop the run."""
 
+    def __init__(self, limit: int):
+        self.limit, self.in_a_row, self.total = limit, 0, 0
 
-def steady_rate(steady: dict | None, images_seen: int, train_seconds: float) -> float | None:
-    """Images/s after the warm-up steps (None when the run was too short to have any). `steady` holds the
-    invocation's training seconds and images at the end of the warm-up."""
-    if steady is None:
-        return None
-    seconds = train_seconds - steady["train_seconds"]
-    return (images_seen - steady["images"]) / seconds if seconds > 0 and images_seen > steady["images"] else None
+    def skip(self, accelerator, loss: torch.Tensor, step: int, optimizer) -> bool:
+        bad = accelerator.reduce(torch.tensor(float(not torch.isfinite(loss).all()), device=accelerator.device),
+                                 "sum").item() > 0
+        if not bad:
+            self.in_a_row = 0
+            return False
+        optimizer.zero_grad(set_to_none=True)
+        self.in_a_row, self.total = self.in_a_row + 1, self.total + 1
+        if self.in_a_row >= self.limit:
+            raise RuntimeError(f"{self.in_a_row} non-finite losses in a row at step {step}: lower --learning-rate, "
+                               "check the data, or resume from an earlier checkpoint.")
+        return True
 
 
 def epochs_done(step: int, cfg: TextToImageConfig, processes: int, dataset) -> float | None:
@@ -421,8 +359,6 @@ def epochs_done(step: int, cfg: TextToImageConfig, processes: int, dataset) -> f
 def write_rank_report(out: Path, accelerator, seen: list[str], unet) -> None:
     """ranks/rank-N.json: the samples this process trained on and a checksum of its final UNet weights, so
     that a multi-process run can be checked for disjoint data and identical parameters."""
-    import hashlib
-
     digest = hashlib.sha256()
     for name, tensor in sorted(unet.state_dict().items()):
         digest.update(name.encode())
@@ -430,28 +366,6 @@ def write_rank_report(out: Path, accelerator, seen: list[str], unet) -> None:
     report = {"rank": accelerator.process_index, "samples": seen, "unet_sha256": digest.hexdigest()}
     (out / "ranks").mkdir(parents=True, exist_ok=True)
     (out / "ranks" / f"rank-{accelerator.process_index}.json").write_text(json.dumps(report) + "\n")
-
-
-@torch.no_grad()
-def validate(cfg, accelerator, parts, unet, text_encoder, ema, out: Path, step: int) -> None:
-    """The sample grid of the fixed prompts and seeds, with the EMA weights where EMA is on."""
-    if not accelerator.is_main_process:
-        return
-    model = accelerator.unwrap_model(unet)
-    if ema is not None:
-        ema.store(model.parameters())
-        ema.copy_to(model.parameters())
-    scheduler = make_scheduler(SAMPLER[cfg.process], dict(parts["noise_scheduler"].config))
-    pipe = LatentDiffusionPipeline(vae=parts["vae"], text_encoder=accelerator.unwrap_model(text_encoder),
-                                   tokenizer=parts["tokenizer"], unet=model, scheduler=scheduler)
-    was_training = model.training, pipe.text_encoder.training
-    model.eval(), pipe.text_encoder.eval()
-    grid = sample_grid(pipe, cfg.validation_prompts, cfg.seed, cfg.validation_steps, cfg.validation_guidance,
-                       out / "samples" / f"step-{step:07d}.png")
-    model.train(was_training[0]), pipe.text_encoder.train(was_training[1])
-    if ema is not None:
-        ema.restore(model.parameters())
-    log_image(accelerator, "validation", grid, step)
 
 
 if __name__ == "__main__":

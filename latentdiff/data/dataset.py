@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from latentdiff.data.buckets import BucketBatchSampler, BucketConfig, assign_bucket
 from latentdiff.data.decode import SkipCounter, SkipError, SkipRecord, decode_image, probe_image
+from latentdiff.data.procedural import ShapesWorldDataset, ShapesWorldStream, is_procedural
 from latentdiff.data.sources import (
     KINDS, MISSING_CAPTION_POLICIES, OUTSIDE_ROOT_POLICIES, Record, WebDatasetSource, open_source, split_for_slot,
 )
@@ -371,7 +372,9 @@ class StreamingCaptionedDataset(IterableDataset):
 def build_dataset(config: DataConfig, *, batch_size: int | None = None, rank: int = 0, world_size: int = 1,
                   shuffle: bool = True, drop_last: bool = False) -> CaptionedImageDataset | StreamingCaptionedDataset:
     """The dataset for config.train_data: map-style for folders and datasets, streaming (needs batch_size)
-    for webdataset shards."""
+    for webdataset shards, rendered on the fly for `shapesworld:` (latentdiff.data.procedural)."""
+    if is_procedural(config.train_data):
+        return ShapesWorldDataset(ShapesWorldStream.parse(config.train_data), config.resolution)
     source = open_source(config.train_data, config.kind, caption_column=config.caption_column,
                          image_column=config.image_column, split=config.split,
                          missing_caption=config.missing_caption, outside_root=config.outside_root)

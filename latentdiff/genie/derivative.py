@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from latentdiff.pipelines.conversions import append_dims, to_epsilon
+
 T_DERIVATIVES = ("secant", "jvp")
 
 
@@ -89,22 +91,6 @@ class GammaSchedule:
         return ((coef[0, i] * d + coef[1, i]) * d + coef[2, i]) * d + coef[3, i]
 
 
-def epsilon_from_output(output: torch.Tensor, x: torch.Tensor, alpha, sigma, prediction_type: str) -> torch.Tensor:
-    """The model output in the ε parameterisation; alpha, sigma broadcast against x (B, 1, 1, 1)."""
-    if prediction_type == "epsilon":
-        return output
-    if prediction_type == "v_prediction":  # v = α ε − σ x0  =>  ε = α v + σ x
-        return alpha * output + sigma * x
-    if prediction_type == "sample":
-        return (x - alpha * output) / sigma
-    raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}.")
-
-
-def _col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(B,) -> (B, 1, 1, 1) in like's dtype and device."""
-    return v.to(like.device, like.dtype).view(-1, *([1] * (like.ndim - 1)))
-
-
 def teacher_epsilon(unet, schedule: GammaSchedule, sample: torch.Tensor, timesteps: torch.Tensor,
                     encoder_hidden_states: torch.Tensor, prediction_type: str = "epsilon",
                     **unet_kwargs) -> torch.Tensor:
@@ -112,7 +98,7 @@ def teacher_epsilon(unet, schedule: GammaSchedule, sample: torch.Tensor, timeste
     gamma = schedule.gamma(timesteps)
     alpha = (1 + gamma**2).rsqrt()
     out = unet(sample, timesteps, encoder_hidden_states, return_dict=False, **unet_kwargs)[0]
-    return epsilon_from_output(out, sample, _col(alpha, sample), _col(gamma * alpha, sample), prediction_type)
+    return to_epsilon(out, sample, append_dims(alpha, sample), append_dims(gamma * alpha, sample), prediction_type)
 
 
 def ode_derivative(
@@ -141,14 +127,14 @@ def ode_derivative(
     timesteps = torch.as_tensor(timesteps, device=sample.device).long().expand(sample.shape[0])
     gamma64 = schedule.gamma(timesteps)  # (B,) float64
     alpha64 = (1 + gamma64**2).rsqrt()
-    gamma, alpha = _col(gamma64, sample), _col(alpha64, sample)  # (B, 1, 1, 1)
+    gamma, alpha = append_dims(gamma64, sample), append_dims(alpha64, sample)  # (B, 1, 1, 1)
 
     def eps_at(x: torch.Tensor, t: torch.Tensor, a, s) -> torch.Tensor:
         text = encoder_hidden_states
         if text is not None and text.shape[0] != x.shape[0]:  # the secant's batch [t + k; t − k]: (2B, L, D)
             text = text.repeat(x.shape[0] // text.shape[0], 1, 1)
         out = unet(x, t, text, return_dict=False, **unet_kwargs)[0]
-        return epsilon_from_output(out, x, a, s, prediction_type)
+        return to_epsilon(out, x, a, s, prediction_type)
 
     with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
         if t_derivative == "jvp":
@@ -156,7 +142,7 @@ def ode_derivative(
 
             def eps_of(x_bar: torch.Tensor, g: torch.Tensor) -> torch.Tensor:  # ε_θ(x̄, γ), g (B,) float64
                 a64 = (1 + g**2).rsqrt()
-                a, s = _col(a64, x_bar), _col(g * a64, x_bar)
+                a, s = append_dims(a64, x_bar), append_dims(g * a64, x_bar)
                 t = schedule.t_of_gamma(g).to(x_bar.dtype)  # continuous timestep (B,)
                 return eps_at(a * x_bar, t, a, s)
 
@@ -172,9 +158,9 @@ def ode_derivative(
         a_hi, a_lo = (1 + g_hi**2).rsqrt(), (1 + g_lo**2).rsqrt()
         eps_hi, eps_lo = eps_at(
             torch.cat([sample, sample]), torch.cat([t_hi, t_lo]),
-            _col(torch.cat([a_hi, a_lo]), sample), _col(torch.cat([g_hi * a_hi, g_lo * a_lo]), sample),
+            append_dims(torch.cat([a_hi, a_lo]), sample), append_dims(torch.cat([g_hi * a_hi, g_lo * a_lo]), sample),
         ).chunk(2)
-        return x_part + (eps_hi - eps_lo) / _col(g_hi - g_lo, sample)
+        return x_part + (eps_hi - eps_lo) / append_dims(g_hi - g_lo, sample)
 
 
 def oracle_derivative(unet, schedule: GammaSchedule, encoder_hidden_states: torch.Tensor, guidance_scale: float = 1.0,

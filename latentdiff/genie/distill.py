@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from latentdiff.genie.derivative import GammaSchedule, epsilon_from_output, ode_derivative
+from latentdiff.genie.derivative import GammaSchedule, ode_derivative
+from latentdiff.pipelines.conversions import append_dims, to_epsilon
 from latentdiff.pipelines.scheduling_genie import GENIEScheduler, capture_genie_inputs
 
 TIMESTEP_SAMPLING = ("grid", "uniform")
@@ -72,7 +73,7 @@ def teacher_example(unet, schedule: GammaSchedule, latents: torch.Tensor, timest
     alpha = (1 + gamma**2).rsqrt()
 
     def col(v: torch.Tensor) -> torch.Tensor:  # (B,) -> (B, 1, 1, 1) in the latents' dtype
-        return v.to(latents.dtype).view(-1, 1, 1, 1)
+        return append_dims(v, latents)
 
     noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
     x_t = col(alpha) * latents + col(gamma * alpha) * noise  # x_t = α x0 + σ n  (B, C, h, w)
@@ -82,7 +83,7 @@ def teacher_example(unet, schedule: GammaSchedule, latents: torch.Tensor, timest
     with capture_genie_inputs(unet) as captured:
         out = unet(x2, t2, text2, return_dict=False)[0]  # (2B, C, h, w)
     a2, g2 = torch.cat([alpha, alpha]), torch.cat([gamma, gamma])
-    eps_uncond, eps_text = epsilon_from_output(out, x2, col(a2), col(g2 * a2), prediction_type).chunk(2)
+    eps_uncond, eps_text = to_epsilon(out, x2, col(a2), col(g2 * a2), prediction_type).chunk(2)
     v = eps_uncond + col(guidance) * (eps_text - eps_uncond)  # direction of the guided ODE (B, C, h, w)
     v2 = torch.cat([v, v])
     target = ode_derivative(unet, schedule, x2, t2, text2, v2, prediction_type=prediction_type,

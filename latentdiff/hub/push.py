@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m latentdiff.hub MODEL_DIR --repo-id USER/NAME ...`: the same as `latentdiff push`."""
-    from latentdiff.cli import Parser
+    from latentdiff.parsing import Parser
 
     parser = add_arguments(Parser(prog="latentdiff push", description=__doc__.splitlines()[0]))
     return run(parser.parse_args(argv))

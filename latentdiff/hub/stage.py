@@ -395,13 +395,10 @@ def _architecture(stage: Path, kind: str) -> list[tuple[str, str]]:
                                      f"{te.get('num_hidden_layers')} layers, width {te.get('hidden_size')}, "
                                      f"vocabulary {te.get('vocab_size')}"))
     sched = _config(stage / "scheduler", "scheduler_config.json")
-    if sched and "M" in sched:  # critically-damped Langevin diffusion (pipelines/scheduling_cld.py)
-        rows.append(("Scheduler", f"{sched.get('_class_name')}; critically-damped Langevin diffusion, M {sched['M']}, "
-                                  f"gamma {sched.get('gamma')}, {sched.get('beta_schedule')} beta"
-                                  f"{', mixed score' if sched.get('mixed_score') else ''}, predicts eps_v"))
-    elif sched:
-        rows.append(("Scheduler", f"{sched.get('_class_name')}; {sched.get('num_train_timesteps')} training steps, "
-                                  f"{sched.get('beta_schedule')} betas, predicts {sched.get('prediction_type')}"))
+    if sched:  # the process's own one-line description (pipelines/processes.py)
+        from latentdiff.pipelines.processes import process_of
+
+        rows.append(("Scheduler", f"{sched.get('_class_name')}; {process_of(sched).describe(sched)}"))
     return rows
 
 

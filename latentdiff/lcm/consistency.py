@@ -30,35 +30,17 @@ from dataclasses import dataclass
 import torch
 from diffusers import LCMScheduler, StableDiffusionPipeline
 
+from latentdiff.pipelines.conversions import alpha_sigma, append_dims, to_epsilon, to_x0
+
 LOSSES = ("huber", "l2")
-
-
-def _bcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(B,) -> (B, 1, 1, 1): a per-sample scalar that broadcasts over a (B, C, h, w) latent."""
-    return values.reshape(-1, *([1] * (like.ndim - 1))).to(like.device, like.dtype)
 
 
 def predicted_origin_and_noise(model_output: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor,
                                alphas_cumprod: torch.Tensor, prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x0_hat, eps_hat), each (B, C, h, w), from a UNet output at per-sample timesteps (B,).
-
-    z_t = alpha_t x0 + sigma_t eps with alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t) (Ho et al. 2020, eq. 4);
-    v = alpha_t eps - sigma_t x0 (Salimans & Ho 2022, sec. 4).
-    """
-    abar = _bcast(alphas_cumprod.to(timesteps.device)[timesteps], sample)  # (B, 1, 1, 1)
-    alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
-    if prediction_type == "epsilon":
-        eps = model_output
-        x0 = (sample - sigma * eps) / alpha
-    elif prediction_type == "v_prediction":
-        x0 = alpha * sample - sigma * model_output
-        eps = alpha * model_output + sigma * sample
-    elif prediction_type == "sample":
-        x0 = model_output
-        eps = (sample - alpha * x0) / sigma
-    else:
-        raise ValueError(f"prediction_type must be 'epsilon', 'v_prediction' or 'sample', got {prediction_type!r}.")
-    return x0, eps
+    """(x0_hat, eps_hat), each (B, C, h, w), from a UNet output at per-sample timesteps (B,)."""
+    alpha, sigma = alpha_sigma(alphas_cumprod, timesteps, sample)  # (B, 1, 1, 1) each
+    return (to_x0(model_output, sample, alpha, sigma, prediction_type),
+            to_epsilon(model_output, sample, alpha, sigma, prediction_type))
 
 
 @dataclass
@@ -94,7 +76,7 @@ class DDIMSolver:
 
     def step(self, x0: torch.Tensor, eps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """z_{t_n} = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev) eps_hat, each (B, C, h, w); index (B,)."""
-        abar_prev = _bcast(self.alphas_cumprod_prev.to(index.device)[index], x0)  # (B, 1, 1, 1)
+        abar_prev = append_dims(self.alphas_cumprod_prev.to(index.device)[index], x0)  # (B, 1, 1, 1)
         return abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps
 
 
@@ -102,7 +84,7 @@ def boundary_scalings(lcm_scheduler: LCMScheduler, timesteps: torch.Tensor, like
     """(c_skip, c_out), each (B, 1, 1, 1), at per-sample timesteps (B,): LCMScheduler's own formula (eq. 6 with
     sigma_data = 0.5 and t scaled by `timestep_scaling`), c_skip(0) = 1, c_out(0) = 0."""
     c_skip, c_out = lcm_scheduler.get_scalings_for_boundary_condition_discrete(timesteps.double())
-    return _bcast(c_skip, like), _bcast(c_out, like)
+    return append_dims(c_skip, like), append_dims(c_out, like)
 
 
 def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
@@ -138,7 +120,7 @@ def teacher_ddim_step(teacher, sample: torch.Tensor, timesteps: torch.Tensor, in
     x0, eps = predicted_origin_and_noise(both, torch.cat([timesteps, timesteps]), torch.cat([sample, sample]),
                                          alphas_cumprod, prediction_type)
     (x0_c, x0_u), (eps_c, eps_u) = x0.chunk(2), eps.chunk(2)  # (B, C, h, w) each
-    w = _bcast(w, sample)
+    w = append_dims(w, sample)
     return solver.step(x0_c + w * (x0_c - x0_u), eps_c + w * (eps_c - eps_u), index)
 
 

@@ -1,0 +1,96 @@
+"""ShapesWorld drawn on the fly: a training set without files, fresh scenes every epoch or a fixed set.
+
+    DataConfig(train_data="shapesworld:train?seed=0&n=20000&fresh=true", resolution=64)
+
+`train_data` of the form `shapesworld:SPLIT[?seed=S&n=N&fresh=BOOL]` builds a `ShapesWorldDataset` instead of
+reading a folder. An epoch has `n` samples (default 20000). With `fresh=true` (the default) position i of
+epoch e is scene `e * n + i` of the dataset (seed, split), so no scene is ever seen twice; with `fresh=false`
+it is scene i in every epoch: the same images as `latentdiff shapes --n N --seed S` writes to disk, without the
+disk. Samples are the same dicts `CaptionedImageDataset` gives (see `latentdiff.data.dataset`), so the loaders,
+the bucket sampler, caches and resume positions work unchanged; the cache key names the scene, so the latent
+cache works for a fixed set (a fresh stream has nothing to reuse).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from latentdiff.data.decode import SkipCounter
+from latentdiff.data.shapes import SPLITS, render, scene_at
+
+PREFIX = "shapesworld:"
+
+
+@dataclass(frozen=True)
+class ShapesWorldStream:
+    """What a `shapesworld:` train_data string asks for."""
+
+    split: str = "train"  # ShapesWorld split: "train" or "heldout"
+    seed: int = 0  # dataset seed: scene i is a function of (seed, split, i)
+    n: int = 20000  # samples per epoch
+    fresh: bool = True  # True: new scenes every epoch; False: the same n scenes every epoch
+
+    @classmethod
+    def parse(cls, text: str) -> "ShapesWorldStream":
+        """`shapesworld:SPLIT?seed=S&n=N&fresh=BOOL`; ValueError saying what to write otherwise."""
+        usage = "write it as shapesworld:train?seed=0&n=20000&fresh=true"
+        parts = urlsplit(text[len(PREFIX):] if text.startswith(PREFIX) else text)
+        split = parts.path or "train"
+        if split not in SPLITS:
+            raise ValueError(f"train_data {text!r}: unknown split {split!r}; choose one of {SPLITS} ({usage})")
+        opts = dict(parse_qsl(parts.query, keep_blank_values=True))
+        unknown = set(opts) - {"seed", "n", "fresh"}
+        if unknown:
+            raise ValueError(f"train_data {text!r}: unknown option(s) {sorted(unknown)} ({usage})")
+        try:
+            seed, n = int(opts.get("seed", 0)), int(opts.get("n", 20000))
+        except ValueError:
+            raise ValueError(f"train_data {text!r}: seed and n must be whole numbers ({usage})") from None
+        fresh = opts.get("fresh", "true").lower()
+        if fresh not in ("true", "false", "1", "0"):
+            raise ValueError(f"train_data {text!r}: fresh must be true or false ({usage})")
+        if seed < 0 or n < 1:
+            raise ValueError(f"train_data {text!r}: need seed >= 0 and n >= 1 ({usage})")
+        return cls(split, seed, n, fresh in ("true", "1"))
+
+
+def is_procedural(train_data: str) -> bool:
+    return isinstance(train_data, str) and train_data.startswith(PREFIX)
+
+
+def image_tensor(image) -> torch.Tensor:
+    """PIL RGB image -> (3, H, W) float32 in [-1, 1]."""
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())  # (H, W, 3)
+    return x.permute(2, 0, 1) / 127.5 - 1.0
+
+
+class ShapesWorldDataset(Dataset):
+    """Map-style dataset of rendered ShapesWorld scenes; `dataset[(i, epoch)]` is a sample dict."""
+
+    def __init__(self, stream: ShapesWorldStream, resolution: int):
+        self.stream, self.resolution = stream, resolution
+        self.bucket_ids = [0] * stream.n  # one square bucket (BucketBatchSampler reads this)
+        self.skips = SkipCounter()  # nothing is ever skipped: there are no files
+
+    def __len__(self) -> int:
+        return self.stream.n
+
+    def scene_index(self, pos: int, epoch: int) -> int:
+        return epoch * self.stream.n + pos if self.stream.fresh else pos
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
+        pos, epoch = (int(item[0]), int(item[1])) if isinstance(item, (tuple, list)) else (int(item), 0)
+        s = self.stream
+        index = self.scene_index(pos, epoch)
+        scene = scene_at(index, s.seed, s.split)
+        size = self.resolution
+        return {"pixel_values": image_tensor(render(scene, size=size)),  # (3, size, size)
+                "caption": scene.caption, "key": f"shapesworld-{s.split}-{s.seed}-{index}-{size}",
+                "name": f"shapesworld:{s.split}/{s.seed}/{index}", "original_size": (size, size),
+                "crop_top_left": (0, 0), "bucket": 0, "target_size": (size, size), "skipped": []}
