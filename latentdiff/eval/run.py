@@ -43,11 +43,18 @@ class EvalResult:
     def overall(self) -> float:
         return sum(self.categories.values()) / len(self.categories)
 
-    def table(self) -> str:
-        rows = [f"{'category':<14} {'score':>6} {'passed':>8}"]
+    def table(self, ceiling: "EvalResult | None" = None) -> str:
+        """One row per category: score and images passed; with `ceiling`, the VAE ceiling beside them."""
+        extra = lambda v: f"  {v:>12.3f}" if ceiling is not None else ""  # noqa: E731
+        rows = [f"{'category':<14} {'score':>6} {'passed':>8}" + ("  VAE ceiling" if ceiling is not None else "")]
         for c, v in self.categories.items():
-            rows.append(f"{c:<14} {v:>6.3f} {self.counts[c][0]:>4}/{self.counts[c][1]:<4}")
-        rows.append(f"{'overall':<14} {self.overall:>6.3f}   (mean of categories)")
+            rows.append(f"{c:<14} {v:>6.3f} {self.counts[c][0]:>4}/{self.counts[c][1]:<4}"
+                        + (extra(ceiling.categories.get(c, float("nan"))) if ceiling is not None else ""))
+        rows.append(f"{'overall':<14} {self.overall:>6.3f}" + (f"     {extra(ceiling.overall)}" if ceiling is not None
+                                                               else "   (mean of categories)"))
+        if ceiling is not None and "psnr_db" in ceiling.settings:
+            rows.append(f"(VAE ceiling: the prompts' own scenes through the model's VAE, {ceiling.settings['psnr_db']:.2f} dB"
+                        " PSNR; no model on this VAE can score above it)")
         return "\n".join(rows)
 
 
@@ -127,10 +134,17 @@ def marked_grid(result: EvalResult, per_category: int = 12) -> Image.Image:
     return make_grid(tiles, cols=per_category)
 
 
-def report(result: EvalResult, model: str, prompts_path: str, command: str) -> dict[str, Any]:
+def report(result: EvalResult, model: str, prompts_path: str, command: str,
+           ceiling: EvalResult | None = None) -> dict[str, Any]:
     """The JSON written by `latentdiff eval --json`; `metrics`/`dataset`/`settings`/`command` are what a model
-    card reads (latentdiff.hub.card)."""
+    card reads (latentdiff.hub.card). With `ceiling` (the VAE reference), its scores and PSNR as metrics too."""
     stem = Path(prompts_path).stem
+    extra = {}
+    if ceiling is not None:
+        extra = {f"{stem}/vae_ceiling/overall": ceiling.overall,
+                 **{f"{stem}/vae_ceiling/{c}": v for c, v in ceiling.categories.items()}}
+        if "psnr_db" in ceiling.settings:
+            extra[f"{stem}/vae_psnr_db"] = ceiling.settings["psnr_db"]
     return {
         "overall": result.overall,
         "categories": result.categories,
@@ -140,7 +154,10 @@ def report(result: EvalResult, model: str, prompts_path: str, command: str) -> d
         "settings": result.settings,
         "seconds": result.seconds,
         "command": command,
-        "metrics": {f"{stem}/overall": result.overall, **{f"{stem}/{c}": v for c, v in result.categories.items()}},
+        "metrics": {f"{stem}/overall": result.overall, **{f"{stem}/{c}": v for c, v in result.categories.items()},
+                    **extra},
+        "ceiling": None if ceiling is None else {"overall": ceiling.overall, "categories": ceiling.categories,
+                                                 "settings": ceiling.settings},
         "dataset": {"name": f"ShapesWorld prompts ({stem})", "id": prompts_path},
         "per_prompt": result.per_prompt,
     }
@@ -174,6 +191,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--json", required=True, help="write the scores (and per-prompt verdicts) here")
     p.add_argument("--grid", help="PNG of samples with pass/fail frames (default: next to --json)")
+    p.add_argument("--reference", choices=("render", "vae"),
+                   help="score ground truth instead of generating: each prompt's own scene as drawn (render) or "
+                        "through the model's VAE (vae), the best any model on that VAE can score")
     p.add_argument("--update-model-card", action="store_true",
                    help="also merge the metrics into MODEL/eval.json, which `latentdiff push` puts in the card")
 
@@ -188,18 +208,21 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     prompts = read_prompt_set(args.prompts)
+    if args.reference is not None:
+        return run_reference(args)
     loaded = load_model(args.model, device=args.device, genie_head=args.genie_head)
     loaded.pipe.set_progress_bar_config(disable=True)
     result = evaluate(loaded.pipe, prompts, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                       images_per_prompt=args.images_per_prompt, seed=args.seed, batch_size=args.batch_size)
+    ceiling = vae_ceiling(loaded.pipe, args.prompts)
     print(f"{loaded.source}: {len(prompts)} prompts x {args.images_per_prompt} images, {args.sampler} "
           f"{args.steps} steps, guidance {args.guidance}, {result.seconds:.1f} s")
-    print(result.table())
+    print(result.table(ceiling))
     command = "latentdiff eval " + shlex.join(
         model_flags(args) + [f"--prompts={args.prompts}", f"--sampler={args.sampler}",
          f"--steps={args.steps}", f"--guidance={args.guidance}", f"--images-per-prompt={args.images_per_prompt}",
          f"--seed={args.seed}", "--json=r.json"])
-    rep = report(result, loaded.source, args.prompts, command)
+    rep = report(result, loaded.source, args.prompts, command, ceiling)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(rep, indent=2) + "\n")
     grid = Path(args.grid) if args.grid else Path(args.json).with_suffix(".png")
@@ -209,4 +232,42 @@ def run(args: argparse.Namespace) -> int:
         if loaded.random_weights or not Path(loaded.source).is_dir():
             raise ValueError("--update-model-card needs --model to be a local pipeline folder")
         print(f"updated {merge_into_model_card(Path(loaded.source), rep)}")
+    return 0
+
+
+def vae_ceiling(pipe, prompts_path: str) -> EvalResult | None:
+    """The VAE ceiling of `pipe` on a prompt set whose lines name their scenes; None for one that does not."""
+    from latentdiff.eval.reference import evaluate_reference, prompt_scenes
+
+    try:
+        prompt_scenes(prompts_path)
+    except ValueError:
+        return None
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    return evaluate_reference(prompts_path, "vae", pipe.vae, size=size)
+
+
+def run_reference(args: argparse.Namespace) -> int:
+    """`latentdiff eval --reference render|vae`: the same table and JSON for ground-truth pictures."""
+    from latentdiff.eval.reference import evaluate_reference
+    from latentdiff.loading import load_model, model_flags
+
+    vae, size, source = None, 64, "ShapesWorld renders"
+    if args.reference == "vae":
+        loaded = load_model(args.model, device=args.device)
+        vae, size = loaded.pipe.vae, loaded.pipe.unet.config.sample_size * loaded.pipe.vae_scale_factor
+        source = f"{loaded.source} (VAE)"
+    result = evaluate_reference(args.prompts, args.reference, vae, size=size)
+    psnr = f", {result.settings['psnr_db']:.2f} dB PSNR" if "psnr_db" in result.settings else ""
+    print(f"{source}: {len(result.per_prompt)} prompts' own scenes, reference {args.reference}{psnr}")
+    print(result.table())
+    command = "latentdiff eval " + shlex.join(
+        (model_flags(args) if args.reference == "vae" else []) + [f"--prompts={args.prompts}",
+                                                                 f"--reference={args.reference}", "--json=r.json"])
+    rep = report(result, source, args.prompts, command)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(rep, indent=2) + "\n")
+    grid = Path(args.grid) if args.grid else Path(args.json).with_suffix(".png")
+    marked_grid(result).save(grid)
+    print(f"wrote {args.json} and {grid}")
     return 0

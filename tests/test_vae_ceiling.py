@@ -1,0 +1,138 @@
+"""The VAE ceiling (latentdiff.eval.reference, `latentdiff eval --reference`), ShapesWorld drawn on the fly
+(latentdiff.data.procedural) and the VAE's reconstruction loss (training/vae_loss.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from latentdiff import build_pipeline
+from latentdiff.cli import main
+from latentdiff.data.dataset import DataConfig, build_dataloader
+from latentdiff.data.procedural import ShapesWorldDataset, ShapesWorldStream
+from latentdiff.data.shapes import render, scene_at
+from latentdiff.eval.reference import evaluate_reference, prompt_scenes, psnr_db, to_images, to_tensor
+from latentdiff.training.vae_loss import ReconstructionLoss, foreground_weight
+
+INDIST, HELDOUT = "assets/prompts/indist.jsonl", "assets/prompts/heldout.jsonl"
+
+
+@pytest.mark.parametrize("prompts", [INDIST, HELDOUT])
+def test_rendered_scenes_of_every_prompt_pass_the_scorer(prompts):
+    result = evaluate_reference(prompts, "render")
+    assert result.overall == 1.0 and all(v == 1.0 for v in result.categories.values())
+    assert sum(b for _, b in result.counts.values()) == 120
+
+
+def test_reference_scenes_are_the_prompt_sets_own():
+    prompt, spec, source = prompt_scenes(INDIST)[5]
+    scene = scene_at(source["index"], source["seed"], source["split"])
+    assert scene.caption == prompt and scene.category == spec.category
+
+
+class _Identity(torch.nn.Module):
+    """A VAE whose latent is the image itself: the ceiling of a perfect autoencoder."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(()))
+
+    def encode(self, x):
+        class Dist:
+            def mode(self_):
+                return x
+        return type("Out", (), {"latent_dist": Dist()})()
+
+    def decode(self, z):
+        return type("Out", (), {"sample": z})()
+
+
+def test_vae_reference_round_trips_through_the_vae_and_reports_psnr():
+    perfect = evaluate_reference(INDIST, "vae", _Identity())
+    assert perfect.overall == 1.0 and perfect.settings["psnr_db"] > 60  # only 8-bit rounding left
+    random_vae = build_pipeline("tiny").vae.eval()
+    blurred = evaluate_reference(INDIST, "vae", random_vae, size=16)
+    assert blurred.overall < 0.2 and blurred.settings["psnr_db"] < 20  # an untrained VAE loses the objects
+
+
+def test_tensor_round_trip_and_psnr():
+    images = [render(scene_at(i), size=32) for i in range(3)]
+    x = to_tensor(images)
+    assert x.shape == (3, 3, 32, 32) and x.min() >= -1 and x.max() <= 1
+    assert [list(im.getdata()) for im in to_images(x)] == [list(im.getdata()) for im in images]
+    assert torch.isinf(psnr_db(x, x)).logical_not().all() and (psnr_db(x, x) > 100).all()
+
+
+def test_reference_needs_scenes_and_a_vae(tmp_path):
+    hand = tmp_path / "hand.jsonl"
+    hand.write_text(json.dumps({"prompt": "a red circle"}) + "\n")
+    with pytest.raises(ValueError, match="no \"source\" scene to render"):
+        evaluate_reference(hand, "render")
+    with pytest.raises(ValueError, match="--reference vae needs a model"):
+        evaluate_reference(INDIST, "vae")
+    with pytest.raises(ValueError, match="--reference must be one of render, vae"):
+        evaluate_reference(INDIST, "pixels")
+
+
+def test_eval_reference_command_prints_the_table_and_writes_json(tmp_path, capsys):
+    assert main(["eval", "--prompts", HELDOUT, "--reference", "render", "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "reference render" in out and "overall         1.000" in out
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["overall"] == 1.0 and rep["metrics"]["heldout/overall"] == 1.0 and (tmp_path / "r.png").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- procedural data
+def test_shapesworld_stream_parses_and_refuses_bad_options():
+    assert ShapesWorldStream.parse("shapesworld:heldout?seed=3&n=10&fresh=false") == ShapesWorldStream(
+        "heldout", 3, 10, False)
+    assert ShapesWorldStream.parse("shapesworld:") == ShapesWorldStream()
+    for bad, match in (("shapesworld:val", "unknown split"), ("shapesworld:train?size=3", "unknown option"),
+                       ("shapesworld:train?n=0", "n >= 1"), ("shapesworld:train?seed=x", "whole numbers"),
+                       ("shapesworld:train?fresh=maybe", "fresh must be true or false")):
+        with pytest.raises(ValueError, match=match):
+            ShapesWorldStream.parse(bad)
+
+
+def test_fresh_scenes_change_every_epoch_and_a_fixed_set_does_not():
+    fresh = ShapesWorldDataset(ShapesWorldStream("train", 0, 8, True), 16)
+    fixed = ShapesWorldDataset(ShapesWorldStream("train", 0, 8, False), 16)
+    assert fresh[(2, 0)]["caption"] == fixed[(2, 0)]["caption"] == fixed[(2, 5)]["caption"]
+    assert fresh[(2, 1)]["key"] != fresh[(2, 0)]["key"] and fixed[(2, 1)]["key"] == fixed[(2, 0)]["key"]
+    sample = fresh[(3, 2)]
+    assert sample["caption"] == scene_at(2 * 8 + 3).caption and sample["pixel_values"].shape == (3, 16, 16)
+    torch.testing.assert_close(sample["pixel_values"], to_tensor([render(scene_at(19), size=16)])[0])
+
+
+def test_a_shapesworld_loader_batches_like_a_folder():
+    loader = build_dataloader(DataConfig(train_data="shapesworld:train?n=20", resolution=16), 8, drop_last=True)
+    batch = next(iter(loader))
+    assert batch["pixel_values"].shape == (8, 3, 16, 16) and len(batch["captions"]) == 8 and batch["skipped"] == []
+    assert len(loader) == 2
+
+
+# ---------------------------------------------------------------------------------------------- VAE loss
+def test_foreground_weight_marks_object_pixels():
+    x = to_tensor([render(scene_at(0), size=32)])
+    w = foreground_weight(x, 5.0)
+    assert w.shape == (1, 1, 32, 32) and set(w.unique().tolist()) == {1.0, 5.0}
+    assert w[0, 0, 0, 0] == 1.0  # a border pixel is background
+    assert torch.equal(foreground_weight(x, 1.0), torch.ones(1, 1, 32, 32))
+
+
+def test_reconstruction_loss_terms():
+    x = to_tensor([render(scene_at(i), size=16) for i in range(2)])
+    rec = x + 0.1
+    kl = torch.tensor([2.0, 4.0])
+    mse = ReconstructionLoss("mse", kl_weight=0.0)(rec, x, kl)
+    torch.testing.assert_close(mse, torch.full((2,), 0.01))
+    l1 = ReconstructionLoss("l1", kl_weight=0.5)(rec, x, kl)
+    torch.testing.assert_close(l1, torch.tensor([0.1 + 1.0, 0.1 + 2.0]))
+    # a constant offset has no edges: the gradient term is 0; object weights leave a uniform error unchanged
+    torch.testing.assert_close(ReconstructionLoss("l1", 5.0, 1.0, 0.0)(rec, x, kl), torch.full((2,), 0.1))
+    with pytest.raises(ValueError, match="--loss must be one of mse, l1, l1\\+mse"):
+        ReconstructionLoss("huber")
+    with pytest.raises(ValueError, match="--object-weight must be >= 0"):
+        ReconstructionLoss("l1", object_weight=-1)
