@@ -301,9 +301,22 @@ def _add_push(sub) -> None:
                                     "The token comes from HF_TOKEN or `hf auth login`.")
 
 
+# ---------------------------------------------------------------------------------------------- export
+def _add_export(sub) -> None:
+    from latentdiff import export
+
+    _add_module_command(sub, "export", export,
+                        help="write a model folder as one original Stable Diffusion checkpoint (A1111 / ComfyUI)",
+                        description="Write a diffusers pipeline folder as a single-file checkpoint in the original "
+                                    "Stable Diffusion layout, with its original (v1-inference.yaml-style) config and "
+                                    "a diffusers config folder, so that A1111, ComfyUI and "
+                                    "StableDiffusionPipeline.from_single_file load it offline.")
+
+
 # ---------------------------------------------------------------------------------------------- main
 _SAMPLERS: list[str] = []
-COMMANDS: list[Callable] = [_add_generate, _add_eval, _add_bench, _add_shapes, _add_info, _add_serve, _add_push]
+COMMANDS: list[Callable] = [_add_generate, _add_eval, _add_bench, _add_shapes, _add_info, _add_serve, _add_push,
+                             _add_export]
 
 
 def build_parser() -> Parser:
