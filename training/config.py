@@ -171,9 +171,14 @@ def check_common(cfg: Any) -> None:
     need("caption_dropout", lambda v: 0 <= v <= 1, "in [0, 1]")
     need("time_budget_minutes", lambda v: v > 0, "> 0")
     need("mixed_precision", lambda v: v in ("no", "fp16", "bf16"), "one of no, fp16, bf16")
+    need("report_to", lambda v: v in REPORT_TO, f"one of {', '.join(REPORT_TO)}")
     need("seed", lambda v: 0 <= v < 2**32, "in [0, 2**32)")  # what numpy's seeding (accelerate's set_seed) takes
     need("validation_steps", lambda v: all(n >= 1 for n in (v if isinstance(v, list) else [v])), ">= 1")
     need("validation_prompts", lambda v: len(v) > 0, "at least one prompt (the sample grids are drawn from them)")
+
+
+# --report_to values: accelerate's trackers (Accelerator(log_with=...)), or none.
+REPORT_TO = ("tensorboard", "wandb", "none")
 
 
 def run_entry_point(main: Callable[[], Any]) -> None:
@@ -191,7 +196,32 @@ def run_entry_point(main: Callable[[], Any]) -> None:
         sys.exit(2)
 
 
+# The flag names of diffusers' examples/text_to_image scripts, as aliases of our fields (ours stay): a command
+# written for those scripts runs here unchanged. Each applies to the configs that have the field.
+DIFFUSERS_FLAGS: dict[str, str] = {
+    "pretrained_model_name_or_path": "pretrained",
+    "train_data_dir": "train_data",
+    "max_train_steps": "max_steps",
+    "checkpointing_steps": "checkpoint_every",
+    "resume_from_checkpoint": "resume",
+    "validation_prompt": "validation_prompts",
+    "train_batch_size": "batch_size",
+    "checkpoints_total_limit": "keep_checkpoints",
+    "hub_model_id": "hub_repo_id",
+    "rank": "lora_rank",
+}
+
+
+def _aliases(name: str) -> list[str]:
+    """The other flags of field `name`: its --snake_case spelling (diffusers' scripts spell flags so) and its
+    diffusers name where DIFFUSERS_FLAGS has one."""
+    names = ["--" + name] + ["--" + alias for alias, field_name in DIFFUSERS_FLAGS.items() if field_name == name]
+    return [n for n in dict.fromkeys(names) if n != _flag(name)]
+
+
 def build_parser(cls: type, prog: str | None = None) -> argparse.ArgumentParser:
+    """A flag per field, and its aliases (_aliases: each its own hidden flag, so that an error names the flag typed).
+    A bool field is a switch: `--use-ema` alone is true, `--no-use-ema` false; `--use-ema true|false` still works."""
     from latentdiff.parsing import Parser  # argparse with one-line errors
 
     hints = typing.get_type_hints(cls)
@@ -201,14 +231,21 @@ def build_parser(cls: type, prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="YAML recipe (see training/recipes/); flags override it")
     for f in dataclasses.fields(cls):
         kind, is_list = _base_type(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        help_text = f"{comments.get(f.name, '')} (default: {default!r})"
+        diffusers_names = [a for a in _aliases(f.name) if a != "--" + f.name]
+        also = f"; also {', '.join(diffusers_names)}" if diffusers_names else ""
+        options: dict[str, Any] = dict(dest=f.name, type=_none_or(kind))
         if is_list:
-            parser.add_argument(flag, dest=f.name, type=_none_or(kind), nargs="*", help=help_text)
-        else:
-            parser.add_argument(flag, dest=f.name, type=_none_or(kind), help=help_text)
+            options["nargs"] = "*"
+        elif kind is bool:
+            options.update(nargs="?", const=True, metavar="true|false")
+        parser.add_argument(_flag(f.name), help=f"{comments.get(f.name, '')} (default: {default!r}{also})", **options)
+        for alias in _aliases(f.name):
+            parser.add_argument(alias, help=argparse.SUPPRESS, **options)
+        if kind is bool and not is_list:
+            parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
+                                help=f"the same as {_flag(f.name)} false")
     return parser
 
 
@@ -250,14 +287,19 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 def start_run(cfg: Any, name: str, config_file: str = "training_config.json", subfolders: tuple[str, ...] = (),
               **accelerator_options: Any) -> tuple[Any, Path]:
-    """What every training script starts with: the Accelerator (tensorboard logs in `cfg.output_dir`), the seed,
-    and on the main process the output folder (and `subfolders` of it), the resolved config as `config_file` and
-    the trackers under `name`. `cfg` has output_dir, mixed_precision and seed. Returns (accelerator, output dir)."""
+    """What every training script starts with: the Accelerator (logs in `cfg.output_dir` through the tracker of
+    `cfg.report_to`, tensorboard where the config has no such field), the seed, and on the main process the output
+    folder (and `subfolders` of it), the resolved config as `config_file` and the trackers under `name`. `cfg` has
+    output_dir, mixed_precision and seed; a mixed_precision of None leaves it to `accelerate launch
+    --mixed_precision` / `accelerate config` (Accelerator reads them from the environment). Returns (accelerator,
+    output dir)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     out = Path(cfg.output_dir)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out),
+    report_to = getattr(cfg, "report_to", "tensorboard")
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
+                              log_with=None if report_to in (None, "none") else report_to, project_dir=str(out),
                               **accelerator_options)
     set_seed(cfg.seed)
     if accelerator.is_main_process:

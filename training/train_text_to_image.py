@@ -88,7 +88,9 @@ class TextToImageConfig:
     channels_last: bool = True  # UNet weights and activations in NHWC layout (faster convolutions, CPU and GPU)
     fused_adam: bool = True  # fused AdamW kernel (one kernel for all parameters instead of a loop over them)
     compile: bool = False  # torch.compile the UNet (minutes of compiling first; pays off on long runs)
-    mixed_precision: str = "no"  # "no", "fp16" or "bf16" (GPU; CPU runs fp32)
+    mixed_precision: str | None = None  # "no", "fp16" or "bf16" (GPU; CPU runs fp32); default: accelerate launch's
+    # --mixed_precision or `accelerate config`'s
+    report_to: str | None = "tensorboard"  # where logs go: "tensorboard", "wandb" (accelerate's trackers) or none
     cache_latents: bool = True  # cache the frozen VAE's latent distributions on disk
     cache_text: bool = True  # cache the text embeddings on disk when the text encoder is frozen
     cache_dir: str | None = None  # where the caches live (default: output_dir/cache)
