@@ -14,6 +14,7 @@ and loaded by plain diffusers users with `custom_pipeline=...` / `trust_remote_c
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import os
 import warnings
@@ -98,6 +99,19 @@ class LatentDiffusionPipeline(
         self._attention_backend_chosen = False
 
     # ------------------------------------------------------------------ loading
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`DiffusionPipeline.save_pretrained`, without a `genie_head: [null, null]` entry in model_index.json when
+        there is no GENIE head (stock diffusers warns about a component it cannot load; loading leaves the
+        optional head None either way)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        index_path = os.path.join(os.fspath(save_directory), "model_index.json")
+        with open(index_path) as f:
+            index = json.load(f)
+        if "genie_head" in index and list(index["genie_head"]) == [None, None]:
+            del index["genie_head"]
+            with open(index_path, "w") as f:
+                f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """`DiffusionPipeline.from_pretrained`, but safetensors-only unless `use_safetensors=False` is passed.
