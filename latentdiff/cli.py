@@ -181,87 +181,15 @@ def _run_serve(args) -> None:
 
 # ---------------------------------------------------------------------------------------------- bench
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="speed benchmarks against stock diffusers")
+    from latentdiff.bench import BENCHES, module_of
+
+    p = sub.add_parser("bench", help="speed and quality benchmarks against stock diffusers or a baseline recipe")
     benches = p.add_subparsers(dest="bench", required=True, metavar="BENCH", parser_class=Parser)
-    g = benches.add_parser("generate", help="seconds per image: LatentDiffusionPipeline vs StableDiffusionPipeline",
-                           description="Time LatentDiffusionPipeline against stock diffusers StableDiffusionPipeline "
-                                       "on the same weights and scheduler, in one run, and print the ratio.")
-    g.add_argument("--model", help="pipeline folder, hub repo id, or preset:NAME (default: the default model)")
-    g.add_argument("--sampler", choices=_SAMPLERS, metavar="NAME", help="named sampler for both pipelines")
-    g.add_argument("--steps", type=_positive_int, default=20)
-    g.add_argument("--height", type=int)
-    g.add_argument("--width", type=int)
-    g.add_argument("--batch", type=_positive_int, default=1, help="images per call")
-    g.add_argument("--guidance", type=float, default=7.5)
-    g.add_argument("--repeats", type=_positive_int, default=10, help="timed calls per pipeline (median reported)")
-    g.add_argument("--device", default="auto")
-    g.add_argument("--json", help="also write the result as JSON to this file")
-    g.set_defaults(func=_run_bench_generate)
-    _add_bench_train(benches)
-    from latentdiff import bench_samplers
-
-    s = benches.add_parser("samplers", help="latent RMSE, ShapesWorld score and s/image of samplers vs NFE",
-                           description="For every named sampler x NFE (UNet evaluations per image): latent RMSE "
-                                       "against a reference solution from the same noise and prompt, ShapesWorld "
-                                       "score and seconds per image. Writes samplers.csv, .json and .png to --out.")
-    bench_samplers.add_arguments(s)
-    s.set_defaults(func=bench_samplers.run)
-    from latentdiff import bench_time_to_image
-
-    t = benches.add_parser("time-to-image", help="fastest configuration with a correct image vs stock's default",
-                           description="Score and time samplers x steps (and a distilled student) against stock "
-                                       "diffusers' default configuration (the folder's scheduler, 50 steps) in one "
-                                       "run; report the fastest configuration within --tolerance of the best score "
-                                       "and its speedup. Writes time_to_image.json and .png to --out.")
-    bench_time_to_image.add_arguments(t)
-    t.set_defaults(func=bench_time_to_image.run)
-
-
-def _add_bench_train(benches) -> None:
-    t = benches.add_parser("train", help="training images/s: cached encoders vs per-step encoding",
-                           description="Images/s of train_text_to_image with its latent and text-embedding caches "
-                                       "against the per-step work of diffusers' examples/text_to_image/"
-                                       "train_text_to_image.py (VAE and text encode every step): same model, batch "
-                                       "and data, in one run.")
-    t.add_argument("--train-data", required=True, help="captioned images (e.g. a `latentdiff shapes` folder)")
-    t.add_argument("--model", help="pipeline folder to fine-tune (default: a random-weight --preset)")
-    t.add_argument("--preset", default="small", help="preset when no --model is given (default small)")
-    t.add_argument("--resolution", type=_positive_int, default=64)
-    t.add_argument("--batch-size", type=_positive_int, default=32)
-    t.add_argument("--steps", type=_positive_int, default=20, help="optimizer steps per run (3 warm-up + timed)")
-    t.add_argument("--compile", action="store_true", help="torch.compile our UNet (compiling is not timed)")
-    t.add_argument("--out", default="out/bench-train", help="working folder for the runs and caches")
-    t.add_argument("--json", help="also write the result as JSON to this file")
-    t.set_defaults(func=_run_bench_train)
-
-
-def _run_bench_train(args) -> None:
-    from latentdiff.bench import bench_train
-
-    result = bench_train(args.train_data, args.out, model=args.model, preset=args.preset,
-                         resolution=args.resolution, batch_size=args.batch_size, steps=args.steps,
-                         compile=args.compile)
-    print(result.table())
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"ours": result.ours, "baseline": result.baseline, "speedup": result.speedup}, f, indent=2)
-
-
-def _run_bench_generate(args) -> None:
-    from dataclasses import asdict
-
-    from latentdiff.bench import bench_generate
-    from latentdiff.loading import load_model
-
-    loaded = load_model(args.model, device=args.device)
-    if args.sampler:
-        loaded.pipe.set_sampler(args.sampler)
-    result = bench_generate(loaded.pipe, loaded.source, steps=args.steps, height=args.height, width=args.width,
-                            batch=args.batch, guidance=args.guidance, repeats=args.repeats)
-    print(result.table())
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(asdict(result) | {"speedup": result.speedup}, f, indent=2)
+    for bench in BENCHES:
+        module = module_of(bench)
+        b = benches.add_parser(bench.name, help=bench.help, description=bench.description)
+        module.add_arguments(b)
+        b.set_defaults(func=module.run)
 
 
 # ---------------------------------------------------------------------------------------------- shapes

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import torch
 
+from latentdiff.eval.seeded import generate_seeded
 from latentdiff.images import make_grid, save_png
 from latentdiff.loading import LoadedModel
 
@@ -110,18 +110,10 @@ def generate_files(loaded: LoadedModel, request: GenerationRequest, output: str 
     pipe = loaded.pipe
     if request.sampler is not None:
         pipe.set_sampler(request.sampler)
-    device = pipe._execution_device
-    generators = [torch.Generator(device).manual_seed(request.seed + i) for i in range(request.num_images)]
-    images = pipe(
-        request.prompt,
-        negative_prompt=request.negative_prompt,
-        num_inference_steps=request.steps,
-        guidance_scale=request.guidance,
-        num_images_per_prompt=request.num_images,
-        height=request.height,
-        width=request.width,
-        generator=generators,
-    ).images
+    seeds = [request.seed + i for i in range(request.num_images)]  # image i can be made again alone with seed + i
+    images = generate_seeded(pipe, request.prompt, seeds, negative_prompt=request.negative_prompt,
+                             num_inference_steps=request.steps, guidance_scale=request.guidance,
+                             height=request.height, width=request.width).images
 
     params = asdict(request) | {"model": loaded.source, "sampler": request.sampler or type(pipe.scheduler).__name__,
                                 "height": images[0].height, "width": images[0].width}

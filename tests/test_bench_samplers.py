@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from latentdiff.bench_samplers import (
+from latentdiff.bench.samplers import (
     CSV_COLUMNS, ReferenceSpec, SamplerBenchConfig, UNetCallCounter, _generate, bench_samplers, plan_batches, select_prompts,
     steps_for_nfe, write_csv, write_json, write_plot,
 )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from latentdiff.bench_time_to_image import STOCK_STEPS, Candidate, TimeToImageResult, bench_time_to_image
+from latentdiff.bench.time_to_image import STOCK_STEPS, Candidate, TimeToImageResult, bench_time_to_image
 from latentdiff.cli import main
 from latentdiff.eval import read_prompt_set
 
@@ -91,7 +91,7 @@ def test_cli_with_a_distilled_student_writes_json_and_png(prompt_file, tmp_path,
 
 
 def test_bench_generate_draws_the_same_images_as_stock_and_reports_memory(tiny_pipe):
-    from latentdiff.bench import PeakRSS, bench_generate
+    from latentdiff.bench.generate import PeakRSS, bench_generate
 
     result = bench_generate(tiny_pipe, "preset:tiny", steps=2, repeats=3, guidance=5.0)
     assert result.max_abs_diff == 0.0  # same components, scheduler and seed: the same pixels

@@ -406,7 +406,7 @@ def test_distillation_runs_resumes_and_writes_the_head(tmp_path, fresh_accelerat
 
 
 def test_load_model_attaches_a_genie_head_and_refuses_one_that_does_not_fit(tmp_path):
-    from latentdiff.bench_samplers import ReferenceSpec, SamplerBenchConfig, bench_samplers
+    from latentdiff.bench.samplers import ReferenceSpec, SamplerBenchConfig, bench_samplers
     from latentdiff.eval import read_prompt_set
     from latentdiff.loading import load_model
 

@@ -9,7 +9,7 @@ import torch
 from diffusers import DiffusionPipeline, EulerDiscreteScheduler, StableDiffusionPipeline
 
 import latentdiff
-from latentdiff.bench import stock_pipeline
+from latentdiff.bench.generate import stock_pipeline
 from latentdiff.pipelines import LatentDiffusionPipeline
 
 PIPELINE_FILE = Path(latentdiff.pipelines.__file__).parent / "pipeline_latent_diffusion.py"

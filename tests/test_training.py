@@ -251,7 +251,7 @@ def test_two_processes_on_cpu(shapes16, tmp_path, report):
 
 
 def test_bench_train_compares_cached_run_with_per_step_encoding(shapes16, tmp_path):
-    from latentdiff.bench import bench_train
+    from latentdiff.bench.train import bench_train
 
     result = bench_train(str(shapes16 / "data"), str(tmp_path / "bench"), preset="tiny", resolution=16, batch_size=4,
                          steps=5)

@@ -8,16 +8,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from latentdiff.eval.seeded import generate_seeded
 from latentdiff.images import make_grid
 
 
 @torch.no_grad()
 def sample_images(pipe, prompts: list[str], seed: int, steps: int, guidance: float) -> list[Image.Image]:
     """One image per prompt, prompt i drawn with seed + i."""
-    device = pipe._execution_device
     pipe.set_progress_bar_config(disable=True)
-    generators = [torch.Generator(device).manual_seed(seed + i) for i in range(len(prompts))]
-    return pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators).images
+    return generate_seeded(pipe, prompts, [seed + i for i in range(len(prompts))], num_inference_steps=steps,
+                           guidance_scale=guidance).images
 
 
 @torch.no_grad()

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from latentdiff.data.shapes import CATEGORIES
 from latentdiff.eval.prompts import PromptSpec, read_prompt_set
 from latentdiff.eval.score import score_image
+from latentdiff.eval.seeded import generate_seeded, plan_batches
 from latentdiff.images import make_grid
 
 # What `latentdiff eval` uses when a flag is not given: the configuration the default model's reported
@@ -69,16 +69,13 @@ def evaluate(pipe, prompts: list[tuple[str, PromptSpec]], *, sampler: str | None
     if sampler is not None:
         pipe.set_sampler(sampler)
     k = images_per_prompt
-    per_call = max(1, batch_size // k)  # prompts per pipeline call
     start = time.perf_counter()
     per_prompt, images = [], []
     bar = tqdm(total=len(prompts) * k, desc="eval", unit="img", disable=not progress)
-    for first in range(0, len(prompts), per_call):
-        chunk = prompts[first:first + per_call]
-        generators = [torch.Generator("cpu").manual_seed(seed + (first + i) * k + j)
-                      for i in range(len(chunk)) for j in range(k)]
-        out = pipe([p for p, _ in chunk], num_inference_steps=steps, guidance_scale=guidance,
-                   num_images_per_prompt=k, generator=generators).images  # len(chunk) * k PIL images
+    for batch in plan_batches(prompts, k, batch_size, seed):
+        chunk = batch.prompts
+        out = generate_seeded(pipe, [p for p, _ in chunk], batch.seeds, num_inference_steps=steps,
+                              guidance_scale=guidance).images  # len(chunk) * k PIL images
         for i, (prompt, spec) in enumerate(chunk):
             mine = out[i * k:(i + 1) * k]
             per_prompt.append(score_prompt(prompt, spec, mine))

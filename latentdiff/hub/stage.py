@@ -320,6 +320,7 @@ def _draw_samples(pipe, info: CardInfo, stage: Path) -> tuple[list[tuple[str, st
     """Draw one image per sample prompt (seed sample_seed + i) with `pipe`; save them and a grid."""
     import torch
 
+    from latentdiff.eval.seeded import generate_seeded
     from latentdiff.images import make_grid, save_png
 
     prompts = list(info.sample_prompts)
@@ -328,9 +329,8 @@ def _draw_samples(pipe, info: CardInfo, stage: Path) -> tuple[list[tuple[str, st
     pipe.set_progress_bar_config(disable=True)
     if torch.cuda.is_available():  # (training scripts push from GPU machines; the CPU generators keep the noise)
         pipe.to("cuda")
-    generators = [torch.Generator("cpu").manual_seed(info.sample_seed + i) for i in range(len(prompts))]
-    images = pipe(prompts, num_inference_steps=info.sample_steps, guidance_scale=info.sample_guidance,
-                  generator=generators).images
+    images = generate_seeded(pipe, prompts, [info.sample_seed + i for i in range(len(prompts))],
+                             num_inference_steps=info.sample_steps, guidance_scale=info.sample_guidance).images
     sampler = type(pipe.scheduler).__name__
     samples = []
     for i, (prompt, image) in enumerate(zip(prompts, images, strict=True)):

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from latentdiff.bench_samplers import int_list, plan_batches, select_prompts
+from latentdiff.bench.samplers import int_list, plan_batches, select_prompts
+from latentdiff.eval.seeded import generators
 from latentdiff.eval.prompts import PromptSpec, read_prompt_set
 from latentdiff.eval.run import score_images
 
@@ -119,12 +120,11 @@ def _run(pipe, plan, k: int, steps: int, guidance: float) -> tuple[list, float]:
     images, seconds = [], 0.0
     device = pipe._execution_device
     for batch in plan:
-        generators = [torch.Generator("cpu").manual_seed(s) for s in batch.seeds]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         out = pipe([p for p, _ in batch.prompts], num_inference_steps=steps, guidance_scale=guidance,
-                   num_images_per_prompt=k, generator=generators, output_type="pil").images
+                   num_images_per_prompt=k, generator=generators(batch.seeds), output_type="pil").images
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds += time.perf_counter() - start
@@ -151,7 +151,7 @@ def bench_time_to_image(pipe, prompts: list[tuple[str, PromptSpec]], *, distille
                         prompts_path: str = "", progress: bool = True) -> TimeToImageResult:
     """Measure every candidate and the stock baseline (see the module doc). `pipe` and `distilled` are
     LatentDiffusionPipelines; their schedulers are restored afterwards."""
-    from latentdiff.bench import stock_pipeline
+    from latentdiff.bench.generate import stock_pipeline
 
     if not 0 < tolerance <= 1:
         raise ValueError(f"tolerance must be in (0, 1], got {tolerance}")

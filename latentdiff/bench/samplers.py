@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from latentdiff.data.shapes import CATEGORIES
 from latentdiff.eval.prompts import PromptSpec, read_prompt_set
 from latentdiff.eval.run import score_images
+from latentdiff.eval.seeded import SeededBatch, generators, plan_batches  # noqa: F401  (plan_batches: re-exported)
 from latentdiff.pipelines.processes import get_process
 
 DEFAULT_NFE = (1, 2, 4, 6, 8, 10, 15, 20, 30, 50)
@@ -258,23 +259,7 @@ def decode_latents(pipe, latents: torch.Tensor) -> list[Image.Image]:
     return pipe.image_processor.postprocess(decoded, output_type="pil")
 
 
-@dataclass
-class _Batch:
-    prompts: list[tuple[str, PromptSpec]]  # the prompts of one pipeline call
-    seeds: list[int]  # one per image: prompts x images_per_prompt, image j of prompt i after i
-
-
-def plan_batches(prompts: list[tuple[str, PromptSpec]], k: int, batch_size: int, seed: int) -> list[_Batch]:
-    """Pipeline calls of up to `batch_size` images; seeds as `latentdiff eval` gives them."""
-    per_call = max(1, batch_size // k)  # prompts per pipeline call
-    batches = []
-    for first in range(0, len(prompts), per_call):
-        chunk = prompts[first:first + per_call]
-        batches.append(_Batch(chunk, [seed + (first + i) * k + j for i in range(len(chunk)) for j in range(k)]))
-    return batches
-
-
-def _generate(pipe, plan: list[_Batch], k: int, steps: int, guidance: float, nfe: int | None,
+def _generate(pipe, plan: list[SeededBatch], k: int, steps: int, guidance: float, nfe: int | None,
               bar: tqdm | None = None) -> tuple[torch.Tensor, float]:
     """Final data latents (N, C, h, w) on CPU of every image of `plan`, and the seconds the pipeline calls took.
     Raises RuntimeError when a call's UNet evaluations differ from `nfe`."""
@@ -286,14 +271,12 @@ def _generate(pipe, plan: list[_Batch], k: int, steps: int, guidance: float, nfe
             return {}
     out, seconds = [], 0.0
     for batch in plan:
-        # the pipeline draws each image's initial state from its own seeded generator, as its process does
-        generators = [torch.Generator("cpu").manual_seed(s) for s in batch.seeds]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         with UNetCallCounter(pipe.unet) as counter:
             start = time.perf_counter()
             result = pipe([p for p, _ in batch.prompts], num_inference_steps=steps, guidance_scale=guidance,
-                          num_images_per_prompt=k, generator=generators, output_type="latent",
+                          num_images_per_prompt=k, generator=generators(batch.seeds), output_type="latent",
                           callback_on_step_end=callback).images  # (B, C, h, w)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -323,7 +306,7 @@ def _fingerprint(pipe) -> str:
     return h.hexdigest()
 
 
-def _reference(pipe, plan: list[_Batch], config: SamplerBenchConfig, reference: ReferenceSpec, n_images: int,
+def _reference(pipe, plan: list[SeededBatch], config: SamplerBenchConfig, reference: ReferenceSpec, n_images: int,
                cache_dir: Path | None, progress: bool) -> tuple[torch.Tensor, float | None, bool]:
     """Reference latents (n_images, C, h, w), the check solver's RMSE from them, and whether they came from the
     cache (cache_dir/reference-KEY.safetensors, KEY a hash of model, prompts, seeds, guidance and reference)."""
@@ -398,10 +381,11 @@ def bench_samplers(pipe, prompts: list[tuple[str, PromptSpec]], config: SamplerB
     try:
         for name in samplers:  # options a sampler does not take, or values it refuses, fail here before any work
             pipe.set_sampler(name, **options)
-            try:
-                pipe.scheduler.set_timesteps(10) if options else None
-            except ValueError as err:
-                raise ValueError(f"timestep_spacing must be one of the values {name} accepts: {err}") from None
+            if options:  # diffusers checks timestep_spacing only when it makes timesteps
+                try:
+                    pipe.scheduler.set_timesteps(10)
+                except ValueError as err:
+                    raise ValueError(f"timestep_spacing must be one of the values {name} accepts: {err}") from None
     finally:
         pipe.scheduler = original
     verbosity = diffusers_logging.get_verbosity()

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 
+from latentdiff.eval.seeded import generators
+
 
 @dataclass
 class GenerateBenchResult:
@@ -116,7 +118,7 @@ def bench_generate(pipe, source: str, prompt: str = "a red circle above a blue s
                   num_images_per_prompt=batch, output_type="np")
 
     def call(p) -> np.ndarray:
-        return p(prompt, generator=torch.Generator(device).manual_seed(seed), **kwargs).images
+        return p(prompt, generator=generators([seed])[0], **kwargs).images
 
     def seconds_per_image(p) -> float:
         if device.type == "cuda":
@@ -155,63 +157,37 @@ def bench_generate(pipe, source: str, prompt: str = "a red circle above a blue s
 
 
 # ---------------------------------------------------------------------------------------------- training
-@dataclass
-class TrainBenchResult:
-    ours: dict  # training_summary.json of the run with cached VAE latents and text embeddings
-    baseline: dict  # the same run encoding with the VAE and the text encoder at every step
-    batch_size: int  # images per step
-    steps: int  # optimizer steps per run (the first 3 are warm-up, not timed in the steady-state figures)
-    compiled: bool = False  # ours ran with torch.compile
-
-    @property
-    def speedup(self) -> float:
-        """Steady-state images/s ratio, ours / baseline (the first 3 steps of each run left out)."""
-        return self.ours["steady_images_per_s"] / self.baseline["steady_images_per_s"]
-
-    def table(self) -> str:
-        rows = [f"{self.steps} steps of {self.batch_size} images, fine-tuning the UNet (frozen VAE and text encoder)",
-                f"{'run':<58}{'images/s':>10}{'all steps':>11}"]
-        for name, summary in (("latentdiff: cached latents + text, NHWC, fused AdamW" + (", compiled" if self.compiled
-                                                                                          else ""), self.ours),
-                              ("baseline (diffusers example): VAE + text encode every step", self.baseline)):
-            rows.append(f"{name:<58}{summary['steady_images_per_s']:>10.2f}{summary['images_per_s']:>11.2f}")
-        rows.append(f"images/s ratio (ours / baseline, after 3 warm-up steps): {self.speedup:.2f}x")
-        return "\n".join(rows)
 
 
-def bench_train(train_data: str, out_dir: str, model: str | None = None, preset: str = "small",
-                resolution: int = 64, batch_size: int = 32, steps: int = 20, seed: int = 0,
-                compile: bool = False) -> TrainBenchResult:
-    """Images/s of train_text_to_image with its on-disk caches against the per-step work of diffusers'
-    examples/text_to_image/train_text_to_image.py (VAE encode and text encode every step), same model, batch
-    and data, in one process. The caches are filled by an untimed first pass, as a second epoch would find them.
-    Ours also keeps the UNet in channels-last layout and uses the fused AdamW kernel (and, with `compile`,
-    torch.compile); the baseline runs as the example does (default layout, for-loop AdamW, no compile)."""
+def add_arguments(g) -> None:
+    g.add_argument("--model", help="pipeline folder, hub repo id, or preset:NAME (default: the default model)")
+    g.add_argument("--sampler", metavar="NAME", help="named sampler for both pipelines")
+    g.add_argument("--steps", type=int, default=20)
+    g.add_argument("--height", type=int)
+    g.add_argument("--width", type=int)
+    g.add_argument("--batch", type=int, default=1, help="images per call")
+    g.add_argument("--guidance", type=float, default=7.5)
+    g.add_argument("--repeats", type=int, default=10, help="timed calls per pipeline (median reported)")
+    g.add_argument("--device", default="auto")
+    g.add_argument("--json", help="also write the result as JSON to this file")
+
+
+def run(args) -> int:
     import json
-    from pathlib import Path
+    from dataclasses import asdict
 
-    from accelerate.state import AcceleratorState
+    from latentdiff.loading import load_model
 
-    from latentdiff.presets import build_pipeline
-    from latentdiff.training import train_text_to_image
-
-    out = Path(out_dir)
-    if model is None:  # a folder to fine-tune, as the diffusers example does
-        model = str(out / "base")
-        build_pipeline(preset, seed=seed).save_pretrained(model)
-    common = ["--pretrained", model, "--train-data", train_data, "--resolution", str(resolution), "--batch-size",
-              str(batch_size), "--use-ema", "false", "--validation-every", str(10 * steps + 10), "--validation-steps",
-              "1", "--validation-prompts", "a red circle", "--checkpoint-every", str(10 * steps + 10), "--seed",
-              str(seed), "--lr-warmup-steps", "0", "--cache-dir", str(out / "cache"), "--max-steps", str(steps)]
-
-    def run(name: str, *extra: str) -> dict:
-        AcceleratorState._reset_state(True)
-        train_text_to_image.main([*common, "--output-dir", str(out / name), *extra])
-        return json.loads((out / name / "training_summary.json").read_text())
-
-    run("warm-cache")  # fills the latent and text caches for the images the timed runs will see
-    ours = run("ours", "--compile", str(compile).lower())
-    # the diffusers example's per-step work: encoders every step, default memory layout, for-loop AdamW
-    baseline = run("baseline", "--cache-latents", "false", "--cache-text", "false", "--channels-last", "false",
-                   "--fused-adam", "false")
-    return TrainBenchResult(ours=ours, baseline=baseline, batch_size=batch_size, steps=steps, compiled=compile)
+    for name in ("steps", "batch", "repeats"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    loaded = load_model(args.model, device=args.device)
+    if args.sampler:
+        loaded.pipe.set_sampler(args.sampler)
+    result = bench_generate(loaded.pipe, loaded.source, steps=args.steps, height=args.height, width=args.width,
+                            batch=args.batch, guidance=args.guidance, repeats=args.repeats)
+    print(result.table())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(asdict(result) | {"speedup": result.speedup}, f, indent=2)
+    return 0

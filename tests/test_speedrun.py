@@ -1,0 +1,62 @@
+"""`latentdiff bench speedrun`: recipes trained in budget slices, scored at every point, resumable."""
+
+import json
+
+import pytest
+import yaml
+
+from latentdiff import build_pipeline
+from latentdiff.bench.speedrun import SpeedrunConfig, minutes_to, speedrun, table, write_plot
+from latentdiff.data.shapes import write_dataset
+
+
+def test_minutes_to_interpolates_between_points():
+    points = [{"minutes": 10, "overall": 0.2}, {"minutes": 20, "overall": 0.6}, {"minutes": 30, "overall": 0.9}]
+    assert minutes_to(points, 0.5) == pytest.approx(17.5)
+    assert minutes_to(points, 0.1) == pytest.approx(5.0)  # from score 0 at minute 0
+    assert minutes_to(points, 0.95) is None
+
+
+def test_config_is_checked_before_any_training(tmp_path):
+    recipe = tmp_path / "a.yaml"
+    recipe.write_text("train_data: d\n")
+    with pytest.raises(ValueError, match="does not exist"):
+        SpeedrunConfig(recipes=[str(tmp_path / "missing.yaml")])
+    with pytest.raises(ValueError, match="need 0 < --every <= --minutes"):
+        SpeedrunConfig(recipes=[str(recipe)], minutes=5, every=10)
+    with pytest.raises(ValueError, match="share a file name"):
+        (tmp_path / "b").mkdir()
+        (tmp_path / "b" / "a.yaml").write_text("train_data: d\n")
+        SpeedrunConfig(recipes=[str(recipe), str(tmp_path / "b" / "a.yaml")])
+    assert SpeedrunConfig(recipes=[str(recipe)], minutes=25, every=10).budgets() == [10, 20, 25]
+
+
+def test_two_recipes_are_trained_in_slices_scored_and_not_trained_again(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_dataset(data, n=16, size=16, seed=0, progress=False)
+    build_pipeline("tiny").vae.save_pretrained(tmp_path / "vae")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("a red circle", "two blue squares")))
+    base = {"train_data": str(data), "vae": str(tmp_path / "vae"), "preset": "tiny", "resolution": 16,
+            "batch_size": 4, "max_steps": 3, "lr_warmup_steps": 0, "validation_every": 1000,
+            "validation_prompts": ["a red circle"], "checkpoint_every": 1000}
+    recipes = []
+    for name, extra in (("eps", {}), ("v", {"prediction_type": "v_prediction"})):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({**base, **extra}))
+        recipes.append(str(path))
+    config = SpeedrunConfig(recipes=recipes, minutes=0.02, every=0.01, prompts=str(prompts), max_prompts=2,
+                            images_per_prompt=1, steps=2, out=str(tmp_path / "run"))
+    results = speedrun(config, progress=False)
+    assert set(results["recipes"]) == {"eps", "v"}
+    for entry in results["recipes"].values():
+        assert [p["minutes"] for p in entry["points"]] == [0.01, 0.02]
+        assert all(0 <= p["overall"] <= 1 and p["steps"] >= 1 and p["train_seconds"] > 0 for p in entry["points"])
+        assert set(entry["minutes_to"]) == {"0.5", "0.8"}
+    before = (tmp_path / "run" / "eps" / "speedrun.log").read_text().count("$ ")
+    again = speedrun(config, progress=False)  # every point is there: nothing is trained again
+    assert (tmp_path / "run" / "eps" / "speedrun.log").read_text().count("$ ") == before == 2
+    assert again["recipes"]["eps"]["points"] == results["recipes"]["eps"]["points"]
+    assert "eps" in table(again) and write_plot(again, tmp_path / "s.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="scored another way"):
+        speedrun(SpeedrunConfig(**{**config.__dict__, "steps": 3}), progress=False)
