@@ -67,7 +67,7 @@ class TextToImageConfig:
     max_grad_norm: float = 1.0  # gradient clipping
     train_text_encoder: bool | None = None  # train the text encoder too; default: yes from scratch, no otherwise
     lora_rank: int = 0  # > 0: train LoRA adapters of this rank on the UNet's attention instead of all weights
-    process: str = "ddpm"  # noise process: "ddpm" (VP, as Stable Diffusion) or "cld" (critically-damped Langevin)
+    process: str = "ddpm"  # noise process and its objective: "ddpm" (VP, as Stable Diffusion), "cld", ... (objective.py)
     timestep_sampling: str = "uniform"  # training time density: "uniform" or "logit_normal" (SD3)
     timestep_shift: float = 1.0  # shift of that density towards noise, t' = s t / (1 + (s - 1) t) (SD3 eq. 23)
     zero_terminal_snr: bool = False  # rescale betas to zero terminal SNR (Lin et al. 2024); needs v_prediction (ddpm)
