@@ -48,8 +48,9 @@ def objective_rows() -> dict[str, ObjectiveRow]:
     """process name -> its ObjectiveRow. Imported lazily: each row's package imports its own dependencies."""
     from latentdiff.cld.objective import CLD_OBJECTIVE
     from latentdiff.ddpm.objective import DDPM_OBJECTIVE
+    from latentdiff.flow.objective import FLOW_OBJECTIVE
 
-    return {"ddpm": DDPM_OBJECTIVE, "cld": CLD_OBJECTIVE}
+    return {"ddpm": DDPM_OBJECTIVE, "cld": CLD_OBJECTIVE, "flow": FLOW_OBJECTIVE}
 
 
 def objective_row(process: str) -> ObjectiveRow:

@@ -36,6 +36,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from .cld_process import CLD  # noqa: F401  (see below)
 from .conversions import append_dims  # noqa: F401  (see below)
+from .flow_process import FLOW_PREDICTION  # noqa: F401  (see below)
 from .genie_head import GENIEHead
 from .processes import PROCESSES, process_of
 from .sampler_spec import SamplerSpec  # noqa: F401  (see below)

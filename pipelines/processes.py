@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from . import scheduling_cld
+from . import flow_process, scheduling_cld
 from .sampler_spec import SamplerSpec, SolverRun
 
 
@@ -106,6 +106,11 @@ PROCESSES: dict[str, Process] = {
         data_latents=scheduling_cld.data_latents, describe=scheduling_cld.describe, bench_samplers=("cld-ode", "cld-sscs"),
         # the probability-flow ODE on its default (quadratic) time grid, checked on a linear grid
         reference=SolverRun("cld-ode", 1000), reference_check=SolverRun("cld-ode", 500, {"timestep_spacing": "linear"})),
+    "flow": Process(
+        "flow", "a flow-matching (rectified flow) model", "flow-dpm++2m", flow_process.is_flow_config,
+        flow_process.FLOW_PROCESS_KEYS, samplers=flow_process.SAMPLERS, normalise=flow_process.normalise,
+        describe=flow_process.describe, bench_samplers=flow_process.BENCH_SAMPLERS, reference=flow_process.REFERENCE,
+        reference_check=flow_process.REFERENCE_CHECK),
 }
 
 
