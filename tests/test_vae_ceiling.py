@@ -106,6 +106,12 @@ def test_fresh_scenes_change_every_epoch_and_a_fixed_set_does_not():
     torch.testing.assert_close(sample["pixel_values"], to_tensor([render(scene_at(19), size=16)])[0])
 
 
+def test_both_splits_alternate_scene_by_scene():
+    both = ShapesWorldDataset(ShapesWorldStream("both", 0, 8, False), 16)
+    assert both[(4, 0)]["caption"] == scene_at(4, 0, "train").caption
+    assert both[(5, 0)]["caption"] == scene_at(5, 0, "heldout").caption
+
+
 def test_a_shapesworld_loader_batches_like_a_folder():
     loader = build_dataloader(DataConfig(train_data="shapesworld:train?n=20", resolution=16), 8, drop_last=True)
     batch = next(iter(loader))

@@ -3,7 +3,10 @@
     DataConfig(train_data="shapesworld:train?seed=0&n=20000&fresh=true", resolution=64)
 
 `train_data` of the form `shapesworld:SPLIT[?seed=S&n=N&fresh=BOOL]` builds a `ShapesWorldDataset` instead of
-reading a folder. An epoch has `n` samples (default 20000). With `fresh=true` (the default) position i of
+reading a folder. SPLIT is "train", "heldout" or "both" (scene i from the train split for even i, the held-out split
+for odd i: every colour-shape combination, for a caption-free model such as the VAE, whose ceiling is measured on
+held-out prompts too; a text-to-image model trains on "train", so its held-out score still measures composition).
+An epoch has `n` samples (default 20000). With `fresh=true` (the default) position i of
 epoch e is scene `e * n + i` of the dataset (seed, split), so no scene is ever seen twice; with `fresh=false`
 it is scene i in every epoch: the same images as `latentdiff shapes --n N --seed S` writes to disk, without the
 disk. Samples are the same dicts `CaptionedImageDataset` gives (see `latentdiff.data.dataset`), so the loaders,
@@ -31,7 +34,7 @@ PREFIX = "shapesworld:"
 class ShapesWorldStream:
     """What a `shapesworld:` train_data string asks for."""
 
-    split: str = "train"  # ShapesWorld split: "train" or "heldout"
+    split: str = "train"  # ShapesWorld split: "train", "heldout" or "both" (alternating)
     seed: int = 0  # dataset seed: scene i is a function of (seed, split, i)
     n: int = 20000  # samples per epoch
     fresh: bool = True  # True: new scenes every epoch; False: the same n scenes every epoch
@@ -42,8 +45,9 @@ class ShapesWorldStream:
         usage = "write it as shapesworld:train?seed=0&n=20000&fresh=true"
         parts = urlsplit(text[len(PREFIX):] if text.startswith(PREFIX) else text)
         split = parts.path or "train"
-        if split not in SPLITS:
-            raise ValueError(f"train_data {text!r}: unknown split {split!r}; choose one of {SPLITS} ({usage})")
+        if split not in (*SPLITS, "both"):
+            raise ValueError(f"train_data {text!r}: unknown split {split!r}; choose one of {(*SPLITS, 'both')} "
+                             f"({usage})")
         opts = dict(parse_qsl(parts.query, keep_blank_values=True))
         unknown = set(opts) - {"seed", "n", "fresh"}
         if unknown:
@@ -88,7 +92,8 @@ class ShapesWorldDataset(Dataset):
         pos, epoch = (int(item[0]), int(item[1])) if isinstance(item, (tuple, list)) else (int(item), 0)
         s = self.stream
         index = self.scene_index(pos, epoch)
-        scene = scene_at(index, s.seed, s.split)
+        split = s.split if s.split != "both" else SPLITS[index % 2]
+        scene = scene_at(index, s.seed, split)
         size = self.resolution
         return {"pixel_values": image_tensor(render(scene, size=size)),  # (3, size, size)
                 "caption": scene.caption, "key": f"shapesworld-{s.split}-{s.seed}-{index}-{size}",
