@@ -142,3 +142,19 @@ def test_reconstruction_loss_terms():
         ReconstructionLoss("huber")
     with pytest.raises(ValueError, match="--object-weight must be >= 0"):
         ReconstructionLoss("l1", object_weight=-1)
+
+
+def test_fresh_scenes_are_never_cached_and_a_fixed_set_is(tmp_path, capsys):
+    from accelerate import Accelerator
+
+    from latentdiff.training.data import TrainingData
+
+    vae = build_pipeline("tiny").vae
+    fresh = TrainingData(DataConfig("shapesworld:train?n=16", resolution=16), Accelerator(cpu=True), 4, vae=vae,
+                         cache_dir=tmp_path)
+    assert fresh.latent_cache is None and "encoded every step, not cached" in capsys.readouterr().out
+    fixed = TrainingData(DataConfig("shapesworld:train?n=16&fresh=false", resolution=16), Accelerator(cpu=True), 4,
+                         vae=vae, cache_dir=tmp_path)
+    assert fixed.latent_cache is not None
+    z = fixed.latents(next(iter(fixed.loader)))
+    assert z.shape == (4, 4, 8, 8) and fixed.latent_cache.misses == 4

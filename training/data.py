@@ -33,6 +33,10 @@ class TrainingData:
         self.loader = build_dataloader(config, batch_size, num_workers=num_workers, drop_last=True,
                                        rank=accelerator.process_index, world_size=accelerator.num_processes)
         root = Path(cache_dir) if cache_dir else None
+        if cache_latents and not getattr(self.loader.dataset, "cacheable", True):
+            accelerator.print("note: the training images are new every epoch; their latents are encoded every step, "
+                              "not cached")
+            cache_latents = False
         self.latent_cache = (LatentCache(root, vae, config.transform_config(), config.bucket_config())
                              if cache_latents and vae is not None and root else None)
         self.text_cache = (TextEmbeddingCache(root, text_encoder, tokenizer)

@@ -85,6 +85,11 @@ class ShapesWorldDataset(Dataset):
     def __len__(self) -> int:
         return self.stream.n
 
+    @property
+    def cacheable(self) -> bool:
+        """A latent cache pays only when scenes come back: never for a fresh stream, whose cache would only grow."""
+        return not self.stream.fresh
+
     def scene_index(self, pos: int, epoch: int) -> int:
         return epoch * self.stream.n + pos if self.stream.fresh else pos
 
