@@ -40,6 +40,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from latentdiff.data.shapes import CATEGORIES
+from latentdiff.bench.report import figure, save_figure
 from latentdiff.eval.prompts import PromptSpec, read_prompt_set
 from latentdiff.eval.run import score_images
 from latentdiff.eval.seeded import SeededBatch, generators, plan_batches  # noqa: F401  (plan_batches: re-exported)
@@ -458,12 +459,7 @@ def write_json(result: SamplerBenchResult, path: str | Path, command: str = "") 
 
 def write_plot(result: SamplerBenchResult, path: str | Path) -> Path:
     """PNG: ShapesWorld score vs NFE and latent RMSE vs NFE (log-log), one line per sampler."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_score, ax_rmse) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_score, ax_rmse) = figure(1, 2, figsize=(11, 4.2))
     for name in result.config.samplers:
         ok = [c for c in result.cells if c.sampler == name and c.status == "ok"]
         if not ok:
@@ -487,11 +483,7 @@ def write_plot(result: SamplerBenchResult, path: str | Path) -> Path:
     if ax_rmse.get_legend_handles_labels()[0]:
         ax_rmse.legend(fontsize=8, loc="best")
     fig.suptitle(f"{Path(result.source).name or result.source}: guidance {result.config.guidance}", fontsize=11)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------- command line

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from latentdiff.bench.report import figure, save_figure
 from latentdiff.eval.prompts import read_prompt_set
 
 THRESHOLDS = (0.5, 0.8)  # the scores whose training minutes the report compares
@@ -171,12 +172,7 @@ def table(results: dict[str, Any]) -> str:
 
 def write_plot(results: dict[str, Any], path: str | Path) -> Path:
     """PNG: ShapesWorld overall score vs training minutes, one line per recipe."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = figure(figsize=(7.5, 4.5))
     for name, e in results["recipes"].items():
         points = e["points"]
         if points:
@@ -192,11 +188,7 @@ def write_plot(results: dict[str, Any], path: str | Path) -> Path:
                  f"{c['steps']} steps, guidance {c['guidance']}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _hardware(results: dict[str, Any]) -> str:

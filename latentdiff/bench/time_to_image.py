@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from latentdiff.bench.samplers import int_list, plan_batches, select_prompts
+from latentdiff.bench.report import figure, save_figure
 from latentdiff.eval.seeded import generators
 from latentdiff.eval.prompts import PromptSpec, read_prompt_set
 from latentdiff.eval.run import score_images
@@ -203,12 +204,7 @@ def bench_time_to_image(pipe, prompts: list[tuple[str, PromptSpec]], *, distille
 
 def write_plot(result: TimeToImageResult, path: str | Path) -> Path:
     """PNG: overall score vs seconds per image, one marker per configuration; the threshold as a line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = figure(figsize=(7.5, 4.5))
     groups: dict[str, list[Candidate]] = {}
     for r in result.rows:
         groups.setdefault(r.label.split(",")[0], []).append(r)
@@ -230,11 +226,7 @@ def write_plot(result: TimeToImageResult, path: str | Path) -> Path:
                  f"{result.images_per_prompt}, {result.device})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------- command line
