@@ -340,6 +340,10 @@ class LatentDiffusionPipeline(
             )
         if timesteps is not None and sigmas is not None:
             raise ValueError("Pass either `timesteps` or `sigmas`, not both.")
+        for name, schedule in (("timesteps", timesteps), ("sigmas", sigmas)):
+            if schedule is not None and len(schedule) == 0:
+                raise ValueError(f"`{name}` is empty: pass at least one value, or leave it out and set "
+                                 "`num_inference_steps`.")
         if timesteps is None and sigmas is None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
             raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
         if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
@@ -566,6 +570,12 @@ class LatentDiffusionPipeline(
 
         # 8. Decode: (B, C, h, w) -> (B, 3, H, W) in [-1, 1] -> output type
         latents = process.data_latents(latents)  # CLD: u = (x, v) -> x
+        if not torch.isfinite(latents).all():
+            # diffusers would decode NaNs into a black picture with only numpy's cast warning: we refuse instead
+            raise ValueError(
+                f"The sampler produced non-finite latents (NaN or inf) with guidance_scale {self._guidance_scale:g} "
+                f"and {type(self.scheduler).__name__}: lower guidance_scale, or try another sampler or more steps."
+            )
         if output_type == "latent":
             images = latents
         else:

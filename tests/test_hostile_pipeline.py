@@ -44,3 +44,24 @@ def test_corrupt_weights_are_named_not_blamed_on_pickle(tmp_path, component, kee
     message = str(err.value)
     assert message.startswith(f"{weights}: the weights file is corrupt or truncated ({int(len(data) * keep)} bytes; ")
     assert "use_safetensors" not in message and len(message.splitlines()) == 1
+
+
+def test_empty_timesteps_or_sigmas_are_refused():
+    from latentdiff import build_pipeline
+
+    pipe = build_pipeline("tiny")
+    pipe.set_progress_bar_config(disable=True)
+    for name in ("timesteps", "sigmas"):
+        with pytest.raises(ValueError, match=f"`{name}` is empty"):
+            pipe("a red circle", **{name: []})
+
+
+def test_non_finite_latents_raise_instead_of_a_black_image():
+    from latentdiff import build_pipeline
+
+    pipe = build_pipeline("tiny")
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match="non-finite latents .* guidance_scale 1e\\+30.*lower guidance_scale"):
+        pipe("a red circle", num_inference_steps=2, guidance_scale=1e30)
+    image = pipe("a red circle", num_inference_steps=2, guidance_scale=5.0, output_type="np").images
+    assert np.isfinite(image).all()  # an ordinary call is untouched
