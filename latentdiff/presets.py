@@ -134,6 +134,46 @@ def get_preset(preset: str | Preset) -> Preset:
     return PRESETS[preset]()
 
 
+def variant(preset: "str | Preset", *, unet_blocks: tuple[int, ...] | None = None,
+            unet_attention: tuple[bool, ...] | None = None, unet_layers_per_block: int | None = None,
+            unet_head_dim: int | None = None, text_layers: int | None = None, text_width: int | None = None,
+            text_heads: int | None = None) -> Preset:
+    """The preset with another UNet (block widths, cross-attention levels top to bottom, ResNet layers per block,
+    attention head dimension) and/or text encoder (layers, width, heads; the UNet's cross-attention width follows
+    the text width). None keeps the preset's value. For architecture ablations; a named preset is still a function."""
+    p = get_preset(preset)
+    unet, text = dict(p.unet), dict(p.text_encoder)
+    if unet_blocks is not None or unet_attention is not None:
+        attention = tuple("CrossAttn" in t for t in unet["down_block_types"])
+        blocks = tuple(unet_blocks) if unet_blocks is not None else tuple(unet["block_out_channels"])
+        attention = tuple(bool(a) for a in unet_attention) if unet_attention is not None else attention
+        if len(blocks) != len(attention):
+            raise ValueError(f"--unet-blocks {list(blocks)} and --unet-attention {list(attention)} must have one entry "
+                             "per UNet level each")
+        groups = unet.get("norm_num_groups", 32)
+        if any(b < 1 or b % groups for b in blocks):
+            raise ValueError(f"--unet-blocks {list(blocks)} must be positive multiples of norm_num_groups ({groups})")
+        unet.update(_unet(blocks, attention, **{k: v for k, v in unet.items() if k not in (
+            "block_out_channels", "down_block_types", "up_block_types", "in_channels", "out_channels")}),
+            in_channels=unet["in_channels"], out_channels=unet["out_channels"])
+    if unet_layers_per_block is not None:
+        unet["layers_per_block"] = int(unet_layers_per_block)
+    if unet_head_dim is not None:
+        unet["attention_head_dim"] = int(unet_head_dim)
+    for key, value in (("num_hidden_layers", text_layers), ("hidden_size", text_width),
+                       ("num_attention_heads", text_heads)):
+        if value is not None:
+            text[key] = int(value)
+    if text_width is not None:
+        text["intermediate_size"] = 4 * int(text_width)
+        unet["cross_attention_dim"] = int(text_width)
+    if text["hidden_size"] % text["num_attention_heads"]:
+        raise ValueError(f"text width {text['hidden_size']} must be a multiple of its heads {text['num_attention_heads']}")
+    if any(v is not None and v < 1 for v in (unet_layers_per_block, unet_head_dim, text_layers, text_width, text_heads)):
+        raise ValueError("UNet and text-encoder sizes must be >= 1")
+    return dataclasses.replace(p, unet=unet, text_encoder=text)
+
+
 def fit_unet(preset: "str | Preset", process: str = "ddpm", latent_channels: int | None = None,
              sample_size: int | None = None) -> Preset:
     """The preset with a UNet for a noise process (e.g. CLD's sees (x, v): twice the latent channels), for latents

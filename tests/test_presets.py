@@ -57,3 +57,27 @@ def test_unknown_preset():
     with pytest.raises(ValueError, match="Choose one of: tiny, small, sd15"):
         get_preset("huge")
     assert set(PRESETS) == {"tiny", "small", "sd15"}
+
+
+def test_variant_changes_unet_levels_and_text_encoder_and_still_runs():
+    import torch
+
+    from latentdiff.presets import build_components, variant
+
+    p = variant("tiny", unet_blocks=(16, 32), unet_attention=(False, True), unet_layers_per_block=2,
+                text_layers=1, text_width=48, text_heads=4)
+    assert p.unet["down_block_types"] == ("DownBlock2D", "CrossAttnDownBlock2D")
+    assert p.unet["up_block_types"] == ("CrossAttnUpBlock2D", "UpBlock2D")
+    assert p.unet["cross_attention_dim"] == 48 and p.text_encoder["num_hidden_layers"] == 1
+    parts = build_components(p, seed=0)
+    ids = parts["tokenizer"](["a red circle"], padding="max_length", return_tensors="pt").input_ids
+    text = parts["text_encoder"](ids)[0]  # (1, 77, 48)
+    out = parts["unet"](torch.randn(1, 4, 8, 8), 10, text).sample
+    assert text.shape[-1] == 48 and out.shape == (1, 4, 8, 8)
+    assert variant("tiny") == get_preset("tiny")
+    with pytest.raises(ValueError, match="one entry per UNet level"):
+        variant("tiny", unet_blocks=(16, 32, 32))
+    with pytest.raises(ValueError, match="multiples of norm_num_groups"):
+        variant("tiny", unet_blocks=(12, 32))
+    with pytest.raises(ValueError, match="multiple of its heads"):
+        variant("tiny", text_width=30)

@@ -262,3 +262,12 @@ def test_bench_train_compares_cached_run_with_per_step_encoding(shapes16, tmp_pa
     config = json.loads((tmp_path / "bench" / "baseline" / "training_config.json").read_text())
     assert config["channels_last"] is False and config["fused_adam"] is False and config["cache_latents"] is False
     assert "images/s ratio" in result.table()
+
+
+def test_architecture_flags_train_the_model_they_describe(shapes16, tmp_path):
+    out = train(shapes16, tmp_path / "arch", "--max-steps", "1", "--unet-attention", "false", "true",
+                "--text-layers", "1", "--text-width", "48", "--text-heads", "4", "--use-ema", "false")
+    unet = json.loads((out / "pipeline" / "unet" / "config.json").read_text())
+    text = json.loads((out / "pipeline" / "text_encoder" / "config.json").read_text())
+    assert unet["down_block_types"] == ["DownBlock2D", "CrossAttnDownBlock2D"] and unet["cross_attention_dim"] == 48
+    assert (text["hidden_size"], text["num_hidden_layers"]) == (48, 1)

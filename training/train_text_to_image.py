@@ -29,7 +29,7 @@ from latentdiff.hub import check_hub_arguments, push_folder
 from latentdiff.objective import TIMESTEP_DENSITIES, objective_row
 from latentdiff.pipelines import LatentDiffusionPipeline, make_scheduler
 from latentdiff.pipelines.processes import get_process
-from latentdiff.presets import build_components, fit_unet
+from latentdiff.presets import build_components, fit_unet, variant
 from latentdiff.training.checkpoint import resume_progress
 from latentdiff.training.config import parse_config, save_config, start_run
 from latentdiff.training.data import TrainingData, drop_captions
@@ -48,6 +48,13 @@ class TextToImageConfig:
     train_data: str  # captioned images: imagefolder / sidecar folder / datasets folder / .tar shards
     output_dir: str = "out/text-to-image"  # checkpoints, samples, logs, and the final pipeline folder
     preset: str = "small"  # architecture when training from scratch (latentdiff/presets.py)
+    unet_blocks: list[int] | None = None  # from scratch: UNet block widths, top to bottom (None: the preset's)
+    unet_attention: list[bool] | None = None  # from scratch: cross-attention per level, e.g. false true true
+    unet_layers_per_block: int | None = None  # from scratch: ResNet layers per UNet block
+    unet_head_dim: int | None = None  # from scratch: attention head dimension
+    text_layers: int | None = None  # from scratch: text-encoder layers
+    text_width: int | None = None  # from scratch: text-encoder width (the UNet's cross-attention width follows)
+    text_heads: int | None = None  # from scratch: text-encoder attention heads
     pretrained: str | None = None  # pipeline folder or hub id to fine-tune (instead of --preset)
     vae: str | None = None  # trained VAE folder (train_vae's output/vae); required from scratch
     resolution: int = 64  # square training crops (pixels); with --bucketing the pixel budget is resolution**2
@@ -137,6 +144,8 @@ class TextToImageConfig:
             raise ValueError(f"--time-budget-minutes must be > 0, got {self.time_budget_minutes}.")
         if self.train_text_encoder is None:
             self.train_text_encoder = self.pretrained is None
+        if self.pretrained is None:
+            architecture(self)  # ValueError now for sizes that do not fit, not after loading the data
         check_hub_arguments(self)  # before training, not after: a missing token or repo id fails now
 
 
@@ -157,13 +166,20 @@ def load_models(cfg: TextToImageConfig) -> dict:
     else:
         vae = AutoencoderKL.from_pretrained(cfg.vae, use_safetensors=True)
         factor = 2 ** (len(vae.config.block_out_channels) - 1)  # the VAE's downsampling
-        preset = fit_unet(cfg.preset, cfg.process, vae.config.latent_channels, cfg.resolution // factor)
+        preset = fit_unet(architecture(cfg), cfg.process, vae.config.latent_channels, cfg.resolution // factor)
         parts = build_components(preset, seed=cfg.seed)
         base = preset.process
     if cfg.vae is not None:
         parts["vae"] = AutoencoderKL.from_pretrained(cfg.vae, use_safetensors=True)
     parts["process"] = objective_row(cfg.process).scheduler_config(cfg, base, cfg.pretrained is not None)
     return parts
+
+
+def architecture(cfg: TextToImageConfig):
+    """The preset of a from-scratch run with the run's architecture options applied."""
+    return variant(cfg.preset, unet_blocks=cfg.unet_blocks, unet_attention=cfg.unet_attention,
+                   unet_layers_per_block=cfg.unet_layers_per_block, unet_head_dim=cfg.unet_head_dim,
+                   text_layers=cfg.text_layers, text_width=cfg.text_width, text_heads=cfg.text_heads)
 
 
 def add_lora(unet: UNet2DConditionModel, rank: int) -> None:
