@@ -89,6 +89,23 @@ def unet_to_original(state: dict[str, torch.Tensor], config: dict) -> dict[str, 
 
     fixed = DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"]
     prefixes = _unet_prefixes(config)
+
+    def rename(key: str, rest: str, value: torch.Tensor) -> tuple[str, torch.Tensor]:
+        if "resnets." in key:
+            head, _, tail = rest.partition(".")
+            rest = f"{_UNET_RESNET.get(head, head)}.{tail}"
+        return rest, value
+
+    return _remap(state, fixed, prefixes, rename, "UNet",
+                  "has no place in the original Stable Diffusion layout; only SD 1.x/2.x-style UNets (no class or "
+                  "addition embeddings) can be exported as a single file.")
+
+
+def _remap(state: dict[str, torch.Tensor], fixed: dict[str, str], prefixes: dict[str, str], rename, what: str,
+           no_place: str) -> dict[str, torch.Tensor]:
+    """Each key of `state` under its original name: a fixed name from diffusers' table, or its block prefix
+    replaced and the rest passed through `rename(key, rest, value) -> (rest, value)`; ValueError for a key that has
+    no place (`no_place` ends the message), so nothing is dropped silently."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key in fixed:
@@ -96,12 +113,9 @@ def unet_to_original(state: dict[str, torch.Tensor], config: dict) -> dict[str, 
             continue
         placed = _replace_prefix(key, prefixes)
         if placed is None:
-            raise ValueError(f"UNet weight {key} has no place in the original Stable Diffusion layout; only SD 1.x/2.x-"
-                             "style UNets (no class or addition embeddings) can be exported as a single file.")
+            raise ValueError(f"{what} weight {key} {no_place}")
         old, rest = placed
-        if "resnets." in key:
-            head, _, tail = rest.partition(".")
-            rest = f"{_UNET_RESNET.get(head, head)}.{tail}"
+        rest, value = rename(key, rest, value)
         out[old + rest] = value
     return out
 
@@ -124,15 +138,8 @@ def vae_to_original(state: dict[str, torch.Tensor], config: dict) -> dict[str, t
         prefixes[f"{part}.mid_block.resnets.0."] = f"{part}.mid.block_1."
         prefixes[f"{part}.mid_block.resnets.1."] = f"{part}.mid.block_2."
         prefixes[f"{part}.mid_block.attentions.0."] = f"{part}.mid.attn_1."
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key in fixed:
-            out[fixed[key]] = value
-            continue
-        placed = _replace_prefix(key, prefixes)
-        if placed is None:
-            raise ValueError(f"VAE weight {key} has no place in the original Stable Diffusion layout.")
-        old, rest = placed
+
+    def rename(key: str, rest: str, value: torch.Tensor) -> tuple[str, torch.Tensor]:
         if ".attentions." in key:
             for new_name, old_name in _VAE_ATTENTION.items():
                 if rest.startswith(new_name + "."):
@@ -142,8 +149,9 @@ def vae_to_original(state: dict[str, torch.Tensor], config: dict) -> dict[str, t
                 value = value[:, :, None, None]
         elif "resnets." in key:
             rest = rest.replace("conv_shortcut.", "nin_shortcut.")
-        out[old + rest] = value
-    return out
+        return rest, value
+
+    return _remap(state, fixed, prefixes, rename, "VAE", "has no place in the original Stable Diffusion layout.")
 
 
 def clip_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
