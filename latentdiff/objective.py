@@ -33,6 +33,9 @@ class Objective(Protocol):
     def loss(self, prediction: torch.Tensor, noised: Noised) -> torch.Tensor: ...
 
 
+TIMESTEP_DENSITIES = ("uniform", "logit_normal")  # the process-agnostic ones, of `timestep_density`
+
+
 @dataclass(frozen=True)
 class ObjectiveRow:
     # (run options, base scheduler config, pretrained?) -> the scheduler config the run trains and saves: the base
@@ -42,6 +45,8 @@ class ObjectiveRow:
     build: Callable[[dict, Any], Objective]
     # (run options) -> None; ValueError naming the flag for an option this process cannot take
     check: Callable[[Any], None] = lambda options: None
+    # the --timestep-sampling densities this process can train with
+    timestep_samplings: tuple[str, ...] = TIMESTEP_DENSITIES
 
 
 def objective_rows() -> dict[str, ObjectiveRow]:
@@ -59,8 +64,6 @@ def objective_row(process: str) -> ObjectiveRow:
         raise ValueError(f"--process must be one of {', '.join(rows)}, got {process!r}.")
     return rows[process]
 
-
-TIMESTEP_DENSITIES = ("uniform", "logit_normal")
 
 
 def timestep_density(kind: str, batch: int, generator: torch.Generator | None, device, *, shift: float = 1.0,

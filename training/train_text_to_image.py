@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from latentdiff.data.dataset import DataConfig
 from latentdiff.hub import check_hub_arguments, push_folder
-from latentdiff.objective import TIMESTEP_DENSITIES, objective_row
+from latentdiff.objective import objective_row
 from latentdiff.pipelines import LatentDiffusionPipeline, make_scheduler
 from latentdiff.pipelines.processes import get_process
 from latentdiff.presets import build_components, fit_unet, variant
@@ -75,7 +75,7 @@ class TextToImageConfig:
     train_text_encoder: bool | None = None  # train the text encoder too; default: yes from scratch, no otherwise
     lora_rank: int = 0  # > 0: train LoRA adapters of this rank on the UNet's attention instead of all weights
     process: str = "ddpm"  # noise process and its objective: "ddpm" (VP, as Stable Diffusion), "cld", ... (objective.py)
-    timestep_sampling: str = "uniform"  # training time density: "uniform" or "logit_normal" (SD3)
+    timestep_sampling: str = "uniform"  # training time density: "uniform", "logit_normal" (SD3) or "speed" (ddpm: SpeeD)
     timestep_shift: float = 1.0  # shift of that density towards noise, t' = s t / (1 + (s - 1) t) (SD3 eq. 23)
     zero_terminal_snr: bool = False  # rescale betas to zero terminal SNR (Lin et al. 2024); needs v_prediction (ddpm)
     # CLD options (--process cld; Dockhorn et al. 2022, defaults the paper's). The process and the mixed score apply
@@ -124,9 +124,10 @@ class TextToImageConfig:
         objective_row(self.process).check(self)  # the process's own options (ValueError naming the flag)
         if not self.timestep_shift > 0:
             raise ValueError(f"--timestep-shift must be > 0, got {self.timestep_shift}.")
-        if self.timestep_sampling not in TIMESTEP_DENSITIES:
-            raise ValueError(f"--timestep-sampling must be one of {', '.join(TIMESTEP_DENSITIES)}, got "
-                             f"{self.timestep_sampling!r}.")
+        densities = objective_row(self.process).timestep_samplings
+        if self.timestep_sampling not in densities:
+            raise ValueError(f"--timestep-sampling must be one of {', '.join(densities)} for --process "
+                             f"{self.process}, got {self.timestep_sampling!r}.")
         for name in ("batch_size", "max_steps", "checkpoint_every", "validation_every", "gradient_accumulation_steps",
                      "max_bad_steps"):
             if getattr(self, name) < 1:

@@ -6,7 +6,8 @@ scheduler's `add_noise`. Targets: eps, or v = sqrt(abar_t) eps - sqrt(1 - abar_t
 Schedules and Sample Steps are Flawed", sec. 3.1; the scheduler's `rescale_betas_zero_snr`) the last step is pure
 noise and v is the target that stays finite there. Weighting: min-SNR-gamma (Hang et al. 2023, eq. 9) through
 diffusers' `compute_snr`. Noise offset: Guttenberg 2023, "Diffusion with Offset Noise". Timesteps: uniform over
-the 1000 training steps, or another density of `latentdiff.objective.timestep_density` mapped onto them.
+the 1000 training steps, another density of `latentdiff.objective.timestep_density` mapped onto them, or SpeeD's
+asymmetric sampling (latentdiff/ddpm/speed.py).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
 
-from latentdiff.objective import Noised, ObjectiveRow, timestep_density
+from latentdiff.ddpm.speed import speed_split, speed_timesteps
+from latentdiff.objective import TIMESTEP_DENSITIES, Noised, ObjectiveRow, timestep_density
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+TIMESTEP_SAMPLINGS = (*TIMESTEP_DENSITIES, "speed")
 
 
 @dataclass
@@ -33,13 +36,20 @@ class DDPMObjective:
     scheduler: DDPMScheduler  # the trained process (betas, prediction_type)
     snr_gamma: float | None = 5.0  # min-SNR-gamma weighting; None: plain MSE
     noise_offset: float = 0.0  # offset-noise strength
-    timestep_sampling: str = "uniform"  # "uniform" or "logit_normal" over the training timesteps
+    timestep_sampling: str = "uniform"  # "uniform", "logit_normal" or "speed" over the training timesteps
     timestep_shift: float = 1.0  # shift of the timestep density towards noise (objective.timestep_density)
 
     def __post_init__(self):
         kind = self.scheduler.config.prediction_type
         if kind not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {kind!r}.")
+        if self.timestep_sampling not in TIMESTEP_SAMPLINGS:
+            raise ValueError(f"--timestep-sampling must be one of {', '.join(TIMESTEP_SAMPLINGS)}, got "
+                             f"{self.timestep_sampling!r}.")
+        if self.timestep_sampling == "speed":
+            if self.timestep_shift != 1.0:
+                raise ValueError("--timestep-shift does not apply to --timestep-sampling speed; leave it at 1.")
+            object.__setattr__(self, "_speed", speed_split(self.scheduler.alphas_cumprod))  # (p (T,), tau)
 
     def perturb(self, z0: torch.Tensor, generator: torch.Generator | None = None) -> DDPMNoised:
         """Draw t and eps, noise the latents (B, C, h, w), and give the target the prediction_type asks for."""
@@ -49,7 +59,9 @@ class DDPMObjective:
             # (B, C, 1, 1): a per-channel constant shift lets the model learn to change overall brightness
             offset = torch.randn((b, z0.shape[1], 1, 1), generator=generator, device=z0.device)
             noise = noise + self.noise_offset * offset.to(z0.dtype)
-        if self.timestep_sampling == "uniform" and self.timestep_shift == 1.0:
+        if self.timestep_sampling == "speed":
+            timesteps = speed_timesteps(*self._speed, b, generator, z0.device)  # (B,)
+        elif self.timestep_sampling == "uniform" and self.timestep_shift == 1.0:
             timesteps = torch.randint(0, T, (b,), generator=generator, device=z0.device).long()
         else:
             u = timestep_density(self.timestep_sampling, b, generator, z0.device, shift=self.timestep_shift)  # (B,)
@@ -98,4 +110,5 @@ def check(options: Any) -> None:
                          "target carries no information about the data (Lin et al. 2024, sec. 3.2).")
 
 
-DDPM_OBJECTIVE = ObjectiveRow(scheduler_config=scheduler_config, build=build, check=check)
+DDPM_OBJECTIVE = ObjectiveRow(scheduler_config=scheduler_config, build=build, check=check,
+                              timestep_samplings=TIMESTEP_SAMPLINGS)
