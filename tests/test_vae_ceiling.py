@@ -12,7 +12,7 @@ from latentdiff import build_pipeline
 from latentdiff.cli import main
 from latentdiff.data.dataset import DataConfig, build_dataloader
 from latentdiff.data.procedural import ShapesWorldDataset, ShapesWorldStream
-from latentdiff.data.shapes import render, scene_at
+from latentdiff.data.shapes import make_caption, render, scene_at
 from latentdiff.eval.reference import evaluate_reference, prompt_scenes, psnr_db, to_images, to_tensor
 from latentdiff.training.vae_loss import ReconstructionLoss, foreground_weight
 
@@ -91,7 +91,9 @@ def test_shapesworld_stream_parses_and_refuses_bad_options():
     assert ShapesWorldStream.parse("shapesworld:") == ShapesWorldStream()
     for bad, match in (("shapesworld:val", "unknown split"), ("shapesworld:train?size=3", "unknown option"),
                        ("shapesworld:train?n=0", "n >= 1"), ("shapesworld:train?seed=x", "whole numbers"),
-                       ("shapesworld:train?fresh=maybe", "fresh must be true or false")):
+                       ("shapesworld:train?fresh=maybe", "fresh must be true or false"),
+                       ("shapesworld:train?templates=0", "templates >= 1"),
+                       ("shapesworld:train?templates=two", "whole numbers")):
         with pytest.raises(ValueError, match=match):
             ShapesWorldStream.parse(bad)
 
@@ -110,6 +112,19 @@ def test_both_splits_alternate_scene_by_scene():
     both = ShapesWorldDataset(ShapesWorldStream("both", 0, 8, False), 16)
     assert both[(4, 0)]["caption"] == scene_at(4, 0, "train").caption
     assert both[(5, 0)]["caption"] == scene_at(5, 0, "heldout").caption
+
+
+def test_templates_option_rewords_captions_and_keeps_the_images():
+    assert ShapesWorldStream.parse("shapesworld:train?templates=2").templates == 2
+    one = ShapesWorldDataset(ShapesWorldStream("train", 0, 200, False, templates=1), 16)
+    every = ShapesWorldDataset(ShapesWorldStream("train", 0, 200, False), 16)
+    for i in range(200):
+        scene = scene_at(i)
+        category = scene.template_id.split("/")[0]
+        assert one[i]["caption"] == make_caption(category, 0, scene.objects, scene.relation)
+        assert every[i]["caption"] == scene.caption
+    assert torch.equal(one[7]["pixel_values"], every[7]["pixel_values"])
+    assert any(one[i]["caption"] != every[i]["caption"] for i in range(200))  # some scenes had other wordings
 
 
 def test_a_shapesworld_loader_batches_like_a_folder():

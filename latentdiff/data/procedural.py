@@ -2,14 +2,16 @@
 
     DataConfig(train_data="shapesworld:train?seed=0&n=20000&fresh=true", resolution=64)
 
-`train_data` of the form `shapesworld:SPLIT[?seed=S&n=N&fresh=BOOL]` builds a `ShapesWorldDataset` instead of
+`train_data` of the form `shapesworld:SPLIT[?seed=S&n=N&fresh=BOOL&templates=K]` builds a `ShapesWorldDataset` instead of
 reading a folder. SPLIT is "train", "heldout" or "both" (scene i from the train split for even i, the held-out split
 for odd i: every colour-shape combination, for a caption-free model such as the VAE, whose ceiling is measured on
 held-out prompts too; a text-to-image model trains on "train", so its held-out score still measures composition).
 An epoch has `n` samples (default 20000). With `fresh=true` (the default) position i of
 epoch e is scene `e * n + i` of the dataset (seed, split), so no scene is ever seen twice; with `fresh=false`
 it is scene i in every epoch: the same images as `latentdiff shapes --n N --seed S` writes to disk, without the
-disk. Samples are the same dicts `CaptionedImageDataset` gives (see `latentdiff.data.dataset`), so the loaders,
+disk. `templates=K` words every caption with one of the first K paraphrase templates of its category
+(`latentdiff.data.shapes.TEMPLATES`; the scene's own template index modulo K, so the images are unchanged):
+`templates=1` trains on one fixed wording per category, for the caption-variety ablation. Samples are the same dicts `CaptionedImageDataset` gives (see `latentdiff.data.dataset`), so the loaders,
 the bucket sampler, caches and resume positions work unchanged; the cache key names the scene, so the latent
 cache works for a fixed set (a fresh stream has nothing to reuse).
 """
@@ -25,7 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from latentdiff.data.decode import SkipCounter
-from latentdiff.data.shapes import SPLITS, render, scene_at
+from latentdiff.data.shapes import SPLITS, TEMPLATES, make_caption, render, scene_at
 
 PREFIX = "shapesworld:"
 
@@ -38,30 +40,32 @@ class ShapesWorldStream:
     seed: int = 0  # dataset seed: scene i is a function of (seed, split, i)
     n: int = 20000  # samples per epoch
     fresh: bool = True  # True: new scenes every epoch; False: the same n scenes every epoch
+    templates: int | None = None  # captions from the first this many templates of each category (None: all)
 
     @classmethod
     def parse(cls, text: str) -> "ShapesWorldStream":
         """`shapesworld:SPLIT?seed=S&n=N&fresh=BOOL`; ValueError saying what to write otherwise."""
-        usage = "write it as shapesworld:train?seed=0&n=20000&fresh=true"
+        usage = "write it as shapesworld:train?seed=0&n=20000&fresh=true (optionally &templates=K)"
         parts = urlsplit(text[len(PREFIX):] if text.startswith(PREFIX) else text)
         split = parts.path or "train"
         if split not in (*SPLITS, "both"):
             raise ValueError(f"train_data {text!r}: unknown split {split!r}; choose one of {(*SPLITS, 'both')} "
                              f"({usage})")
         opts = dict(parse_qsl(parts.query, keep_blank_values=True))
-        unknown = set(opts) - {"seed", "n", "fresh"}
+        unknown = set(opts) - {"seed", "n", "fresh", "templates"}
         if unknown:
             raise ValueError(f"train_data {text!r}: unknown option(s) {sorted(unknown)} ({usage})")
         try:
             seed, n = int(opts.get("seed", 0)), int(opts.get("n", 20000))
+            templates = int(opts["templates"]) if "templates" in opts else None
         except ValueError:
-            raise ValueError(f"train_data {text!r}: seed and n must be whole numbers ({usage})") from None
+            raise ValueError(f"train_data {text!r}: seed, n and templates must be whole numbers ({usage})") from None
         fresh = opts.get("fresh", "true").lower()
         if fresh not in ("true", "false", "1", "0"):
             raise ValueError(f"train_data {text!r}: fresh must be true or false ({usage})")
-        if seed < 0 or n < 1:
-            raise ValueError(f"train_data {text!r}: need seed >= 0 and n >= 1 ({usage})")
-        return cls(split, seed, n, fresh in ("true", "1"))
+        if seed < 0 or n < 1 or (templates is not None and templates < 1):
+            raise ValueError(f"train_data {text!r}: need seed >= 0, n >= 1 and templates >= 1 ({usage})")
+        return cls(split, seed, n, fresh in ("true", "1"), templates)
 
 
 def is_procedural(train_data: str) -> bool:
@@ -93,6 +97,14 @@ class ShapesWorldDataset(Dataset):
     def scene_index(self, pos: int, epoch: int) -> int:
         return epoch * self.stream.n + pos if self.stream.fresh else pos
 
+    def caption(self, scene) -> str:
+        """The scene's caption, reworded with one of the first `templates` templates of its category if asked."""
+        if self.stream.templates is None:
+            return scene.caption
+        category, k = scene.template_id.split("/")
+        k = int(k) % min(self.stream.templates, len(TEMPLATES[category]))
+        return make_caption(category, k, scene.objects, scene.relation)
+
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         pos, epoch = (int(item[0]), int(item[1])) if isinstance(item, (tuple, list)) else (int(item), 0)
         s = self.stream
@@ -101,6 +113,6 @@ class ShapesWorldDataset(Dataset):
         scene = scene_at(index, s.seed, split)
         size = self.resolution
         return {"pixel_values": image_tensor(render(scene, size=size)),  # (3, size, size)
-                "caption": scene.caption, "key": f"shapesworld-{s.split}-{s.seed}-{index}-{size}",
+                "caption": self.caption(scene), "key": f"shapesworld-{s.split}-{s.seed}-{index}-{size}",
                 "name": f"shapesworld:{s.split}/{s.seed}/{index}", "original_size": (size, size),
                 "crop_top_left": (0, 0), "bucket": 0, "target_size": (size, size), "skipped": []}
