@@ -60,3 +60,23 @@ def test_two_recipes_are_trained_in_slices_scored_and_not_trained_again(tmp_path
     assert "eps" in table(again) and write_plot(again, tmp_path / "s.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="scored another way"):
         speedrun(SpeedrunConfig(**{**config.__dict__, "steps": 3}), progress=False)
+
+
+def test_the_shipped_ablation_recipes_parse_and_each_changes_base_in_what_it_names():
+    """training/recipes/speedrun/: every line of issue 18's plot is a valid recipe that differs from base.yaml
+    in its own variable (and its output folder) only."""
+    from pathlib import Path
+
+    from latentdiff.training.config import parse_config
+    from latentdiff.training.train_text_to_image import TextToImageConfig
+
+    folder = Path("training/recipes/speedrun")
+    raw = {p.stem: yaml.safe_load(p.read_text()) for p in folder.glob("*.yaml")}
+    assert {"base", "diffusers-example", "flow", "cld", "speed"} <= set(raw)
+    for name, recipe in raw.items():
+        parse_config(TextToImageConfig, ["--config", str(folder / f"{name}.yaml")])  # valid: types and ranges
+        assert recipe["output_dir"] == f"out/speedrun/{name}"
+        changed = {k for k in set(recipe) | set(raw["base"]) if recipe.get(k) != raw["base"].get(k)} - {"output_dir"}
+        assert bool(changed) == (name != "base"), (name, changed)
+    assert {k for k in raw["diffusers-example"] if raw["diffusers-example"][k] != raw["base"][k]} - {"output_dir"} == {
+        "snr_gamma", "use_ema", "cache_latents"}
