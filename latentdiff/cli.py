@@ -1,8 +1,13 @@
-"""The `latentdiff` command. Each subcommand parses its arguments here and calls one library function."""
+"""The `latentdiff` command. Each subcommand parses its arguments here and calls one library function.
+
+The top-level parser knows each subcommand by its name and help line only: a subcommand's options are added, and
+the modules they need imported, when the command line chooses it (or asks for its --help), so `latentdiff --help`
+imports neither torch nor diffusers."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from typing import Callable
@@ -17,6 +22,34 @@ def _sampler_names() -> list[str]:
     return sampler_names()
 
 
+class _Subcommand(Parser):
+    """A subcommand's parser whose options come from `add_arguments(parser)`, called the first time the parser is
+    used (parsing or --help) rather than when the top-level parser is built."""
+
+    def __init__(self, *args, add_arguments: Callable[[Parser], None] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._add_arguments = add_arguments
+
+    def _complete(self) -> None:
+        if self._add_arguments is not None:
+            add, self._add_arguments = self._add_arguments, None
+            add(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._complete()  # argparse hands a chosen subcommand its arguments through this method
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._complete()
+        return super().format_help()
+
+
+def _module_arguments(parser: Parser, module) -> None:
+    """Options and handler of a subcommand that live in `module` (its `add_arguments(parser)` and `run(args)`)."""
+    module.add_arguments(parser)
+    parser.set_defaults(func=module.run)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -26,15 +59,19 @@ def _positive_int(text: str) -> int:
 
 # ---------------------------------------------------------------------------------------------- generate
 def _add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="generate images from a prompt", description=(
+    sub.add_parser("generate", help="generate images from a prompt", add_arguments=_generate_arguments, description=(
         "Generate images from a prompt and write PNGs that carry their generation parameters. Without --model "
         "it uses the shipped default model, or, where none exists yet, the random-weight `small` preset. "
         "--from IMAGE.png makes an image again from the parameters it carries; flags given with it override them."))
+
+
+def _generate_arguments(p: Parser) -> None:
+    samplers = _sampler_names()  # imports the pipelines: only once generate is chosen
     p.add_argument("prompt", nargs="?", help="what to draw (optional with --from)")
     p.add_argument("--from", dest="from_image", metavar="IMAGE.png",
                    help="take every parameter from a PNG written by latentdiff generate or serve")
     p.add_argument("--model", help="pipeline folder, hub repo id (user/name), or preset:NAME")
-    p.add_argument("--sampler", choices=_SAMPLERS, metavar="NAME", help=f"one of: {', '.join(_SAMPLERS)}")
+    p.add_argument("--sampler", choices=samplers, metavar="NAME", help=f"one of: {', '.join(samplers)}")
     # Defaults of None, filled from _GENERATE_DEFAULTS in _run_generate: so that --from can tell a flag given
     # on the command line (which overrides the stored value) from one left at its default (which does not).
     p.add_argument("--steps", type=_positive_int, help="sampler steps (default 20)")
@@ -74,7 +111,7 @@ def _from_image(image: str, given: dict) -> dict:
 
     stored = _stored_parameters(image)
     values = {k: stored[k] for k in _REQUEST_FIELDS if stored.get(k) is not None and k not in given}
-    if values.get("sampler") not in _SAMPLERS:
+    if values.get("sampler") not in _sampler_names():
         # Made without --sampler: the value is the scheduler class the model folder itself sets, which the
         # model loads with again.
         values.pop("sampler", None)
@@ -128,9 +165,13 @@ def _run_generate(args) -> None:
 
 # ---------------------------------------------------------------------------------------------- info
 def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="print the generation parameters a PNG carries", description=(
-        "Print the generation parameters stored in a PNG by `latentdiff generate` or `latentdiff serve`; "
-        "`latentdiff generate --from IMAGE.png` makes the image again from them."))
+    sub.add_parser("info", help="print the generation parameters a PNG carries", add_arguments=_info_arguments,
+                   description="Print the generation parameters stored in a PNG by `latentdiff generate` or "
+                               "`latentdiff serve`; `latentdiff generate --from IMAGE.png` makes the image again "
+                               "from them.")
+
+
+def _info_arguments(p: Parser) -> None:
     p.add_argument("image", help="a PNG written by latentdiff")
     p.add_argument("--json", action="store_true", help="print them as one JSON object")
     p.set_defaults(func=_run_info)
@@ -151,9 +192,12 @@ def _run_info(args) -> None:
 
 # ---------------------------------------------------------------------------------------------- serve
 def _add_serve(sub) -> None:
-    p = sub.add_parser("serve", help="a web page to generate with (Gradio)", description=(
+    sub.add_parser("serve", help="a web page to generate with (Gradio)", add_arguments=_serve_arguments, description=(
         "Serve a web page to generate with: one model, a bounded queue, live progress, a Stop button, and PNGs "
         "that carry their parameters. Needs the app extra: pip install -e \".[app]\"."))
+
+
+def _serve_arguments(p: Parser) -> None:
     p.add_argument("--model", help="pipeline folder, hub repo id (user/name), or preset:NAME (default: the default "
                                    "model)")
     p.add_argument("--host", default="127.0.0.1",
@@ -181,38 +225,35 @@ def _run_serve(args) -> None:
 
 # ---------------------------------------------------------------------------------------------- bench
 def _add_bench(sub) -> None:
+    sub.add_parser("bench", help="speed and quality benchmarks against stock diffusers or a baseline recipe",
+                   add_arguments=_bench_arguments)
+
+
+def _bench_arguments(p: Parser) -> None:
     from latentdiff.bench import BENCHES, module_of
 
-    p = sub.add_parser("bench", help="speed and quality benchmarks against stock diffusers or a baseline recipe")
-    benches = p.add_subparsers(dest="bench", required=True, metavar="BENCH", parser_class=Parser)
+    benches = p.add_subparsers(dest="bench", required=True, metavar="BENCH", parser_class=_Subcommand)
     for bench in BENCHES:
-        module = module_of(bench)
-        b = benches.add_parser(bench.name, help=bench.help, description=bench.description)
-        module.add_arguments(b)
-        b.set_defaults(func=module.run)
+        benches.add_parser(bench.name, help=bench.help, description=bench.description,
+                           add_arguments=lambda b, bench=bench: _module_arguments(b, module_of(bench)))
 
 
 # ---------------------------------------------------------------------------------------------- shapes
-def _add_module_command(sub, name: str, module, help: str, description: str) -> None:
-    """A subcommand whose arguments and handler live in `module` (its `add_arguments(parser)` and `run(args)`)."""
-    p = sub.add_parser(name, help=help, description=description)
-    module.add_arguments(p)
-    p.set_defaults(func=module.run)
+def _add_module_command(sub, name: str, module: str, help: str, description: str) -> None:
+    """A subcommand whose arguments and handler live in the module named `module`, imported when it is used."""
+    sub.add_parser(name, help=help, description=description,
+                   add_arguments=lambda p: _module_arguments(p, importlib.import_module(module)))
 
 
 def _add_shapes(sub) -> None:
-    from latentdiff.data import shapes
-
-    _add_module_command(sub, "shapes", shapes, help="write a ShapesWorld dataset (captioned procedural scenes)",
+    _add_module_command(sub, "shapes", "latentdiff.data.shapes", help="write a ShapesWorld dataset (captioned procedural scenes)",
                         description="Write a seeded ShapesWorld dataset as a Hugging Face imagefolder: images, "
                                     "metadata.jsonl (caption + scene spec) and a README that states the splits.")
 
 
 # ---------------------------------------------------------------------------------------------- eval
 def _add_eval(sub) -> None:
-    from latentdiff.eval import run
-
-    _add_module_command(sub, "eval", run, help="score a model on a ShapesWorld prompt set (GenEval-style categories)",
+    _add_module_command(sub, "eval", "latentdiff.eval.run", help="score a model on a ShapesWorld prompt set (GenEval-style categories)",
                         description="Generate images for every prompt of a prompt set, judge each against its "
                                     "prompt's spec, print a table per category and overall (the mean of the "
                                     "categories), and write JSON and a PNG grid with pass/fail frames.")
@@ -220,9 +261,7 @@ def _add_eval(sub) -> None:
 
 # ---------------------------------------------------------------------------------------------- push
 def _add_push(sub) -> None:
-    from latentdiff.hub import push
-
-    _add_module_command(sub, "push", push,
+    _add_module_command(sub, "push", "latentdiff.hub.push",
                         help="publish a model folder or LoRA to the Hugging Face Hub (with a model card)",
                         description="Stage a model folder (safetensors weights, model card, sample grid, and code "
                                     "where diffusers lacks it), check that stock diffusers loads it, and upload it. "
@@ -231,9 +270,7 @@ def _add_push(sub) -> None:
 
 # ---------------------------------------------------------------------------------------------- export
 def _add_export(sub) -> None:
-    from latentdiff import export
-
-    _add_module_command(sub, "export", export,
+    _add_module_command(sub, "export", "latentdiff.export",
                         help="write a model folder as one original Stable Diffusion checkpoint (A1111 / ComfyUI)",
                         description="Write a diffusers pipeline folder as a single-file checkpoint in the original "
                                     "Stable Diffusion layout, with its original (v1-inference.yaml-style) config and "
@@ -242,16 +279,14 @@ def _add_export(sub) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- main
-_SAMPLERS: list[str] = []
 COMMANDS: list[Callable] = [_add_generate, _add_eval, _add_bench, _add_shapes, _add_info, _add_serve, _add_push,
                              _add_export]
 
 
 def build_parser() -> Parser:
-    _SAMPLERS[:] = _sampler_names()
     parser = Parser(prog="latentdiff", description="Text-to-image latent diffusion, native to Hugging Face diffusers.")
     parser.add_argument("--version", action="version", version=f"latentdiff {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Subcommand)
     for add in COMMANDS:
         add(sub)
     return parser

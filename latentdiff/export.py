@@ -243,7 +243,7 @@ def export_single_file(model: str | Path, out: str | Path, original_config_path:
     import yaml
     from safetensors.torch import save_file
 
-    from latentdiff.pipelines import LatentDiffusionPipeline
+    from latentdiff.loading import load_pipeline
 
     model, out = Path(model), Path(out)
     if out.suffix != ".safetensors":
@@ -257,7 +257,7 @@ def export_single_file(model: str | Path, out: str | Path, original_config_path:
     if existing and not overwrite:
         raise ValueError(f"{existing[0]} exists; pass --overwrite to replace it, or choose another --single-file.")
 
-    pipe = LatentDiffusionPipeline.from_pretrained(model)
+    pipe = load_pipeline(model)
     if pipe.unet.config.in_channels != pipe.vae.config.latent_channels:
         raise ValueError(f"{model}: the UNet sees {pipe.unet.config.in_channels} channels for a "
                          f"{pipe.vae.config.latent_channels}-channel latent (a process other than Stable Diffusion's); "

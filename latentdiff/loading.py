@@ -61,7 +61,6 @@ def load_model(model: str | None = None, device: str | None = None, dtype: torch
     Raises ValueError with a message saying what to change when `model` is neither a pipeline folder nor a
     repo id.
     """
-    from latentdiff.pipelines import LatentDiffusionPipeline
     from latentdiff.presets import PRESETS, build_pipeline
 
     target = resolve_device(device)  # before loading: a device this machine lacks costs no loading time
@@ -81,9 +80,9 @@ def load_model(model: str | None = None, device: str | None = None, dtype: torch
     elif Path(model).is_dir():
         if not (Path(model) / "model_index.json").is_file():
             raise ValueError(f"{model} is a folder but not a pipeline folder (it has no model_index.json).")
-        pipe, source = LatentDiffusionPipeline.from_pretrained(model), model
+        pipe, source = load_pipeline(model), model
     elif REPO_ID.match(model) and not Path(model).exists():
-        pipe, source = LatentDiffusionPipeline.from_pretrained(model), model
+        pipe, source = load_pipeline(model), model
     else:
         raise ValueError(
             f"Model {model!r} not found: pass a pipeline folder (with model_index.json), a hub repo id such as "
@@ -93,6 +92,21 @@ def load_model(model: str | None = None, device: str | None = None, dtype: torch
         pipe, source = attach_genie_head(pipe, genie_head), f"{source} + GENIE head {genie_head}"
     pipe = pipe.to(target) if dtype is None else pipe.to(target, dtype)
     return LoadedModel(pipe=pipe, source=source, random_weights=random_weights)
+
+
+def load_pipeline(model: str | Path, **kwargs) -> "LatentDiffusionPipeline":  # noqa: F821 (imported lazily)
+    """`LatentDiffusionPipeline.from_pretrained(model, **kwargs)` with one progress bar for the load: diffusers'
+    "Loading pipeline components", without the "Loading weights" bar transformers adds for each model it loads
+    inside it (the text encoder). Download bars are huggingface_hub's own and stay."""
+    from transformers.utils import logging as transformers_logging
+
+    from latentdiff.pipelines import LatentDiffusionPipeline
+
+    previous = transformers_logging.set_tqdm_hook(lambda tqdm, args, kw: tqdm(*args, **{**kw, "disable": True}))
+    try:
+        return LatentDiffusionPipeline.from_pretrained(model, **kwargs)
+    finally:
+        transformers_logging.set_tqdm_hook(previous)
 
 
 def attach_genie_head(pipe, head: str) -> "LatentDiffusionPipeline":  # noqa: F821 (imported lazily)

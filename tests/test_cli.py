@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -72,6 +73,50 @@ def test_console_script_version_and_help():
         with pytest.raises(SystemExit) as exit_:
             main(argv)
         assert exit_.value.code == 0
+
+
+# `main(argv)` in a fresh interpreter, then the heavy modules it imported (a subcommand is imported only when used)
+_IMPORTS_AFTER_MAIN = """
+import sys
+from latentdiff.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print("imported:", ",".join(m for m in ("torch", "diffusers", "transformers", "accelerate") if m in sys.modules))
+"""
+
+
+def _main_in_fresh_process(*argv: str) -> tuple[str, list[str]]:
+    result = subprocess.run([sys.executable, "-c", _IMPORTS_AFTER_MAIN, *argv], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    text, _, imported = result.stdout.rpartition("imported:")
+    return text, [m for m in imported.strip().split(",") if m]
+
+
+def test_top_level_help_lists_every_command_without_importing_torch():
+    """`latentdiff --help` and `latentdiff bench --help` build no subcommand's options, so they stay fast."""
+    from latentdiff.bench import BENCHES
+
+    def listed(text: str) -> set[str]:  # the names argparse lists under COMMAND / BENCH
+        return set(re.findall(r"^    (\S+)", text, re.M))
+
+    text, imported = _main_in_fresh_process("--help")
+    assert listed(text) == {"generate", "eval", "bench", "shapes", "info", "serve", "push", "export"}, text
+    assert imported == []
+    text, imported = _main_in_fresh_process("bench", "--help")
+    assert listed(text) == {bench.name for bench in BENCHES}, text
+    assert imported == []
+
+
+def test_subcommand_help_shows_its_full_options():
+    text, _ = _main_in_fresh_process("generate", "--help")
+    assert "--sampler NAME" in text and "dpm++2m" in text and "--overwrite" in text
+    text, _ = _main_in_fresh_process("bench", "time-to-image", "--help")
+    assert "--samplers" in text and "--prompts" in text
+    text, imported = _main_in_fresh_process("shapes", "--help")
+    assert "--out OUT" in text and "torch" not in imported  # one subcommand's options import only its module
 
 
 def test_readme_command_writes_a_64x64_png(tmp_path):

@@ -30,6 +30,7 @@ from latentdiff.data.dataset import DataConfig
 from latentdiff.genie.derivative import T_DERIVATIVES, GammaSchedule
 from latentdiff.genie.distill import (TIMESTEP_SAMPLING, genie_loss, grid_timesteps, relative_error,
                                       sample_timesteps, teacher_example)
+from latentdiff.loading import load_pipeline
 from latentdiff.pipelines import LatentDiffusionPipeline
 from latentdiff.pipelines.genie_head import GENIEHead
 from latentdiff.pipelines.processes import require_process
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     accelerator, out = start_run(cfg, "distill_genie")
 
     # 1. Models: the frozen teacher and the trained head
-    teacher = LatentDiffusionPipeline.from_pretrained(cfg.teacher)
+    teacher = load_pipeline(cfg.teacher)
     require_process(dict(teacher.scheduler.config), "ddpm", f"GENIE distillation of {cfg.teacher}")
     unet = teacher.unet
     for frozen in (teacher.vae, teacher.text_encoder, unet):

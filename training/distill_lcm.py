@@ -27,12 +27,14 @@ from diffusers import DDPMScheduler, LCMScheduler, UNet2DConditionModel
 from tqdm.auto import tqdm
 
 from latentdiff.data.dataset import DataConfig
+from latentdiff.loading import load_pipeline
 from latentdiff.pipelines import LatentDiffusionPipeline, make_scheduler
 from latentdiff.pipelines.processes import require_process
 from latentdiff.training.checkpoint import resume_progress
 from latentdiff.training.config import parse_config, save_config, start_run
 from latentdiff.training.data import TrainingData
 from latentdiff.training.ema import make_ema
+from latentdiff.training.frozen import place_frozen
 from latentdiff.training.optim import optimizer_and_schedule
 from latentdiff.training.periodic import AfterStep
 from latentdiff.training.summary import run_summary, write_summary
@@ -149,10 +151,10 @@ def load_teacher(cfg: DistillLCMConfig, device: torch.device, dtype: torch.dtype
     """vae, text_encoder, tokenizer, unet (the teacher; frozen, on `device` in `dtype`), the noise process (a
     DDPMScheduler) and the LCMScheduler the student samples with (the teacher's process; grid and boundary scalings
     of this run)."""
-    parts = LatentDiffusionPipeline.from_pretrained(cfg.teacher).components
+    parts = load_pipeline(cfg.teacher).components
     require_process(dict(parts["scheduler"].config), "ddpm", f"LCM distillation of {cfg.teacher}")
     for module in (parts["vae"], parts["text_encoder"], parts["unet"]):
-        module.requires_grad_(False).eval().to(device, dtype)
+        place_frozen(module.requires_grad_(False).eval(), device, dtype)
     if parts["unet"].config.time_cond_proj_dim is not None:
         raise ValueError(f"{cfg.teacher}: the teacher UNet already takes a guidance embedding (time_cond_proj_dim); "
                          "distil a standard classifier-free-guided model.")

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from latentdiff.data.dataset import DataConfig
 from latentdiff.hub import check_hub_arguments, push_folder
+from latentdiff.loading import load_pipeline
 from latentdiff.objective import objective_row
 from latentdiff.pipelines import LatentDiffusionPipeline, make_scheduler
 from latentdiff.pipelines.processes import get_process
@@ -34,6 +35,7 @@ from latentdiff.training.checkpoint import resume_progress
 from latentdiff.training.config import parse_config, save_config, start_run
 from latentdiff.training.data import TrainingData, drop_captions
 from latentdiff.training.ema import ema_weights, make_ema
+from latentdiff.training.frozen import place_frozen
 from latentdiff.training.optim import optimizer_and_schedule
 from latentdiff.training.periodic import AfterStep
 from latentdiff.training.run_clock import RunClock
@@ -154,7 +156,7 @@ def load_models(cfg: TextToImageConfig) -> dict:
     """vae, text_encoder, tokenizer, unet, and "process": the scheduler config of the run's noise process (the
     pretrained folder's, or for a from-scratch model the preset's, with a UNet whose channels fit the VAE)."""
     if cfg.pretrained is not None:
-        pipe = LatentDiffusionPipeline.from_pretrained(cfg.pretrained)
+        pipe = load_pipeline(cfg.pretrained)
         if pipe.process != cfg.process:
             raise ValueError(
                 f"--process {cfg.process} needs {get_process(cfg.process).description}, but --pretrained "
@@ -333,9 +335,9 @@ def prepare_models(cfg: TextToImageConfig, accelerator: Accelerator, vae, text_e
         if cfg.train_text_encoder:
             text_encoder.gradient_checkpointing_enable()
     frozen_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    vae.to(accelerator.device, frozen_dtype)
+    place_frozen(vae, accelerator.device, frozen_dtype)
     if not cfg.train_text_encoder:
-        text_encoder.to(accelerator.device, frozen_dtype)
+        place_frozen(text_encoder, accelerator.device, frozen_dtype)
     return frozen_dtype
 
 

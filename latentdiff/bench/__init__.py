@@ -12,6 +12,7 @@ and `run(args) -> int`.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -47,8 +48,6 @@ BENCHES: list[Bench] = [
 
 
 def module_of(bench: Bench) -> ModuleType:
-    """The module that implements `bench` (imported on use, so `latentdiff --help` stays light)."""
-    from latentdiff.bench import generate, samplers, speedrun, time_to_image, train
-
-    return {"generate": generate, "train": train, "samplers": samplers, "time-to-image": time_to_image,
-            "speedrun": speedrun}[bench.name]
+    """The module that implements `bench`, this package's module of the same name (`time-to-image`:
+    time_to_image.py), imported on use and alone, so `latentdiff --help` and `latentdiff bench X` stay light."""
+    return importlib.import_module(f"{__name__}.{bench.name.replace('-', '_')}")
