@@ -125,10 +125,20 @@ def _make_tokenizer(vocab: dict[str, int], merges: Sequence[tuple[str, str]], mo
     return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=model_max_length)
 
 
-def clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
-    """A fresh OpenAI CLIP tokenizer (SD 1.x / `openai/clip-vit-large-patch14` ids), built offline."""
+def clip_tokenizer(model_max_length: int = 77, vocab_size: int | None = None) -> CLIPTokenizer:
+    """A fresh OpenAI CLIP tokenizer (SD 1.x / `openai/clip-vit-large-patch14` ids), built offline.
+
+    `vocab_size` < 49408 keeps only CLIP's first `vocab_size - 514` merges (512 base tokens + merges + bos + eos):
+    ids below `vocab_size` for tiny test text encoders, e.g. 1000 like diffusers' tiny test CLIP.
+    """
     _check_model_max_length(model_max_length)
     vocab, merges = _clip_vocab_and_merges()
+    if vocab_size is not None:
+        smallest, largest = len(base_vocab()) + 2, len(vocab)
+        if not _is_int(vocab_size) or not smallest <= vocab_size <= largest:
+            raise ValueError(f"vocab_size must be an int in {smallest}..{largest} (CLIP's), got {vocab_size!r}")
+        merges = merges[: vocab_size - smallest]
+        vocab = vocab_from_merges(merges)
     return _make_tokenizer(vocab, merges, model_max_length)
 
 

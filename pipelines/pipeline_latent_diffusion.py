@@ -26,13 +26,28 @@ import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.image_processor import VaeImageProcessor
-from diffusers.loaders import FromSingleFileMixin, StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
+from diffusers.configuration_utils import FrozenDict
+from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
+from diffusers.loaders import (
+    FromSingleFileMixin,
+    IPAdapterMixin,
+    StableDiffusionLoraLoaderMixin,
+    TextualInversionLoaderMixin,
+)
+from diffusers.models.embeddings import MultiIPAdapterImageProjection
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg, retrieve_timesteps
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import USE_PEFT_BACKEND, BaseOutput, is_xformers_available, scale_lora_layers, unscale_lora_layers
-from transformers import CLIPTextModel, CLIPTokenizer
+from diffusers.utils import (
+    USE_PEFT_BACKEND,
+    BaseOutput,
+    deprecate,
+    is_xformers_available,
+    logging,
+    scale_lora_layers,
+    unscale_lora_layers,
+)
+from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from .cld_process import CLD  # noqa: F401  (see below)
 from .conversions import append_dims  # noqa: F401  (see below)
@@ -48,6 +63,8 @@ from .scheduling_genie import GenieDerivative, takes_derivative
 # (dynamic_modules_utils.get_cached_module_file: one level, not recursive), so it imports every sibling that its
 # siblings need: cld_process (for scheduling_cld), scheduling_cld (for processes), conversions (for genie_head).
 
+logger = logging.get_logger(__name__)  # diffusers' logging helper, as stock pipelines use it
+
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 
@@ -62,12 +79,28 @@ class LatentDiffusionPipeline(
     StableDiffusionMixin,
     TextualInversionLoaderMixin,
     StableDiffusionLoraLoaderMixin,
+    IPAdapterMixin,
     FromSingleFileMixin,
 ):
     r"""Text-to-image latent diffusion with classifier-free guidance.
 
     Components: `vae` (`AutoencoderKL`), `text_encoder` (`CLIPTextModel`), `tokenizer` (`CLIPTokenizer`),
-    `unet` (`UNet2DConditionModel`), `scheduler` (any diffusers scheduler; `set_sampler` picks one by name).
+    `unet` (`UNet2DConditionModel`), `scheduler` (any diffusers scheduler; `set_sampler` picks one by name), and
+    the optional components of `StableDiffusionPipeline`, so that `LatentDiffusionPipeline(**sd_pipe.components)`
+    works:
+
+    - `feature_extractor` (`CLIPImageProcessor`) and `image_encoder` (`CLIPVisionModelWithProjection`): IP-Adapter
+      (`load_ip_adapter`, `set_ip_adapter_scale`, `unload_ip_adapter`; `ip_adapter_image` / `ip_adapter_image_embeds`
+      in `__call__`), as in `StableDiffusionPipeline`.
+    - `safety_checker`: accepted and **not run**. It is kept as a component only so that components round-trip
+      with `StableDiffusionPipeline`; images come back unfiltered (a one-time note through diffusers' logger says
+      so). `from_pretrained` does not load a folder's safety checker unless you pass one.
+
+    Absent optional components leave no `[null, null]` entry in model_index.json.
+
+    As in `StableDiffusionPipeline.__init__`, a diffusers scheduler whose config has the legacy `steps_offset` != 1
+    or `clip_sample=True` is corrected (with diffusers' deprecation message), so that the same scheduler gives the
+    same image here and there. Schedulers defined outside diffusers (ours: CLD, GENIE, flow) keep their config.
 
     Critically-damped Langevin diffusion (CLD; Dockhorn et al. 2022) models are recognised by their UNet, which sees
     the phase-space state u = (x, v) and predicts eps_v: in_channels = 2 x out_channels. They need a CLD scheduler
@@ -79,8 +112,9 @@ class LatentDiffusionPipeline(
     adds GENIE's second-order Taylor term from the head's d_γ ε (Dockhorn et al. 2022); see `_genie`.
     """
 
-    model_cpu_offload_seq = "text_encoder->unet->genie_head->vae"
-    _optional_components: list[str] = ["genie_head"]
+    model_cpu_offload_seq = "text_encoder->image_encoder->unet->genie_head->vae"
+    _optional_components: list[str] = ["safety_checker", "feature_extractor", "image_encoder", "genie_head"]
+    _exclude_from_cpu_offload = ["safety_checker"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
     def __init__(
@@ -90,26 +124,49 @@ class LatentDiffusionPipeline(
         tokenizer: CLIPTokenizer,
         unet: UNet2DConditionModel,
         scheduler: SchedulerMixin,
+        safety_checker: torch.nn.Module | None = None,
+        feature_extractor: CLIPImageProcessor | None = None,
+        image_encoder: CLIPVisionModelWithProjection | None = None,
         genie_head: GENIEHead | None = None,
     ):
         super().__init__()
+        if scheduler is not None:
+            fix_legacy_scheduler_config(scheduler)
+        if safety_checker is not None:
+            note_safety_checker_not_run()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                              genie_head=genie_head)
+                              safety_checker=safety_checker, feature_extractor=feature_extractor,
+                              image_encoder=image_encoder, genie_head=genie_head)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if vae is not None else 8
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self._attention_backend_chosen = False
 
+    # IP-Adapter image embeddings: StableDiffusionPipeline's own methods (they use only the components above).
+    encode_image = StableDiffusionPipeline.encode_image
+    prepare_ip_adapter_image_embeds = StableDiffusionPipeline.prepare_ip_adapter_image_embeds
+
     # ------------------------------------------------------------------ loading
+    @property
+    def components(self) -> dict[str, Any]:
+        """`DiffusionPipeline.components`, without `genie_head` when there is none: the same set as
+        `StableDiffusionPipeline.components`, so that components pass between the two classes either way."""
+        components = super().components
+        if components.get("genie_head") is None:
+            components.pop("genie_head", None)
+        return components
+
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """`DiffusionPipeline.save_pretrained`, without a `genie_head: [null, null]` entry in model_index.json when
-        there is no GENIE head (stock diffusers warns about a component it cannot load; loading leaves the
-        optional head None either way)."""
+        """`DiffusionPipeline.save_pretrained`, without `[null, null]` entries in model_index.json for absent optional
+        components (stock diffusers warns about a component it cannot load, e.g. `genie_head`; loading leaves an
+        absent optional component None either way)."""
         super().save_pretrained(save_directory, *args, **kwargs)
         index_path = os.path.join(os.fspath(save_directory), "model_index.json")
         with open(index_path) as f:
             index = json.load(f)
-        if "genie_head" in index and list(index["genie_head"]) == [None, None]:
-            del index["genie_head"]
+        absent = [name for name in self._optional_components if index.get(name) == [None, None]]
+        if absent:
+            for name in absent:
+                del index[name]
             with open(index_path, "w") as f:
                 f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
@@ -119,12 +176,16 @@ class LatentDiffusionPipeline(
 
         Pickle files (.bin/.ckpt/.pt) can run arbitrary code when loaded, so a folder whose weights exist only in
         that form is refused. Remote code is never trusted unless `trust_remote_code=True` is passed.
+
+        A folder's safety checker is not loaded (this pipeline never runs it) unless you pass `safety_checker=...`.
         """
+        kwargs.setdefault("safety_checker", None)
         # Only an explicit False opts in to pickle; None (diffusers' "whatever is there") counts as the default.
         allow_pickle = kwargs.pop("use_safetensors", True) is False
         path = os.fspath(pretrained_model_name_or_path)
         if not allow_pickle and os.path.isdir(path):
-            pickled = pickle_only_components(path)
+            # components passed in (or left out, as the safety checker) are not read from the folder
+            pickled = [name for name in pickle_only_components(path) if name not in kwargs]
             if pickled:
                 raise ValueError(
                     f"{path}: the weights of {', '.join(pickled)} exist only as pickle files, which can run "
@@ -295,11 +356,10 @@ class LatentDiffusionPipeline(
                 negatives = list(negative_prompt)
             negative_prompt_embeds, cut = self._embed(negatives, device, None)
             removed += cut
-        if removed:
-            warnings.warn(
-                f"Prompt longer than {self.tokenizer.model_max_length} tokens was truncated; this part was "
-                f"dropped: {removed}",
-                stacklevel=3,
+        if removed:  # one warning a call, for prompts and negative prompts together; stock's message
+            logger.warning(
+                "The following part of your input was truncated because CLIP can only handle sequences up to"
+                f" {self.tokenizer.model_max_length} tokens: {removed}"
             )
 
         dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
@@ -328,6 +388,8 @@ class LatentDiffusionPipeline(
         num_images_per_prompt: int,
         output_type: str,
         callback_on_step_end_tensor_inputs: list[str],
+        ip_adapter_image=None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
     ) -> None:
         multiple = self.size_multiple
         if not (isinstance(height, int) and isinstance(width, int)) or height <= 0 or width <= 0:
@@ -378,6 +440,41 @@ class LatentDiffusionPipeline(
                 f"`prompt_embeds` {tuple(prompt_embeds.shape)} and `negative_prompt_embeds` "
                 f"{tuple(negative_prompt_embeds.shape)} must have the same shape."
             )
+        self.check_ip_adapter_inputs(ip_adapter_image, ip_adapter_image_embeds)
+
+    def check_ip_adapter_inputs(self, ip_adapter_image, ip_adapter_image_embeds: list[torch.Tensor] | None) -> None:
+        """A ValueError unless the IP-Adapter inputs fit the adapters loaded (`load_ip_adapter`)."""
+        if ip_adapter_image is None and ip_adapter_image_embeds is None:
+            return
+        if ip_adapter_image is not None and ip_adapter_image_embeds is not None:
+            raise ValueError("Pass at most one of `ip_adapter_image` and `ip_adapter_image_embeds`.")
+        projection = getattr(self.unet, "encoder_hid_proj", None)
+        if not isinstance(projection, MultiIPAdapterImageProjection):
+            raise ValueError(
+                "`ip_adapter_image` / `ip_adapter_image_embeds` need an IP-Adapter: load one first with "
+                "pipe.load_ip_adapter(...), or leave them out."
+            )
+        adapters = len(projection.image_projection_layers)
+        if ip_adapter_image_embeds is not None:
+            if not isinstance(ip_adapter_image_embeds, list) or not all(
+                    isinstance(e, torch.Tensor) and e.ndim in (3, 4) for e in ip_adapter_image_embeds):
+                raise ValueError(
+                    "`ip_adapter_image_embeds` must be a list of 3D or 4D tensors, one per IP-Adapter "
+                    "((2 x B, n, D) with guidance: the negative half first), got "
+                    f"{type(ip_adapter_image_embeds).__name__}."
+                )
+            given = len(ip_adapter_image_embeds)
+        else:
+            if self.image_encoder is None:
+                raise ValueError(
+                    "`ip_adapter_image` needs an image encoder and this pipeline has none: load the IP-Adapter with "
+                    "its image encoder (pipe.load_ip_adapter(..., image_encoder_folder=...)), or pass "
+                    "`ip_adapter_image_embeds` instead."
+                )
+            given = len(ip_adapter_image) if isinstance(ip_adapter_image, list) else 1
+        if given != adapters:
+            raise ValueError(f"Got IP-Adapter inputs for {given} adapters but {adapters} are loaded: pass one per "
+                             "IP-Adapter.")
 
     # ------------------------------------------------------------------ latents
     def prepare_latents(
@@ -455,6 +552,8 @@ class LatentDiffusionPipeline(
         clip_skip: int | None = None,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        ip_adapter_image: PipelineImageInput | None = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
     ) -> LatentDiffusionPipelineOutput | tuple:
         r"""Generate images from text.
 
@@ -481,19 +580,24 @@ class LatentDiffusionPipeline(
             callback_on_step_end: `fn(pipe, step, timestep, tensors) -> dict` called after every step; the
                 returned dict may replace `latents`, `prompt_embeds` or `negative_prompt_embeds`.
             callback_on_step_end_tensor_inputs: the names of the tensors passed to that callback.
+            ip_adapter_image: image(s) for the IP-Adapter(s) loaded with `load_ip_adapter`, one per adapter.
+            ip_adapter_image_embeds: precomputed IP-Adapter image embeddings instead, a list with one tensor per
+                adapter, (B, n, D) or (B, k, n, D); with guidance (2B, ...), the negative half first.
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
 
-        # 0. Default height and width from the UNet
-        height = self.unet.config.sample_size * self.vae_scale_factor if height is None else height
-        width = self.unet.config.sample_size * self.vae_scale_factor if width is None else width
+        # 0. Default height and width from the UNet's sample size (an int, or (height, width))
+        sample_size = self.unet.config.sample_size
+        sample_h, sample_w = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
+        height = sample_h * self.vae_scale_factor if height is None else height
+        width = sample_w * self.vae_scale_factor if width is None else width
 
         # 1. Check inputs
         self.check_inputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, height, width,
                           num_inference_steps, timesteps, sigmas, guidance_scale, num_images_per_prompt,
-                          output_type, callback_on_step_end_tensor_inputs)
+                          output_type, callback_on_step_end_tensor_inputs, ip_adapter_image, ip_adapter_image_embeds)
         self.check_process()
         self._guidance_scale = float(guidance_scale)
         self._cross_attention_kwargs = cross_attention_kwargs
@@ -512,6 +616,14 @@ class LatentDiffusionPipeline(
             lora_scale=lora_scale, clip_skip=clip_skip,
         )
         text_embeds = torch.cat([negative_prompt_embeds, prompt_embeds]) if self.do_classifier_free_guidance else prompt_embeds
+        added_cond_kwargs = None
+        if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
+            # one (B*n, 1, E) per adapter (E: its image embedding size; FaceID (B*n, 1, k, E)); with guidance
+            # (2*B*n, ...), [uncond; cond] like text_embeds. The UNet's IP-Adapter projection makes them tokens.
+            image_embeds = self.prepare_ip_adapter_image_embeds(
+                ip_adapter_image, ip_adapter_image_embeds, device, batch_size * num_images_per_prompt,
+                self.do_classifier_free_guidance)
+            added_cond_kwargs = {"image_embeds": image_embeds}
 
         # 4. Prepare timesteps
         timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps, sigmas)
@@ -540,10 +652,10 @@ class LatentDiffusionPipeline(
                     continue
                 model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
                 model_input = process.model_input(self.scheduler, model_input, t)  # (2B, C, h, w) with guidance
-                with genie:
+                with genie:  # eps (or v); for CLD eps_v: (B, C, h, w) per half
                     noise_pred = self.unet(model_input, process.model_timestep(t), encoder_hidden_states=text_embeds,
                                            timestep_cond=timestep_cond, cross_attention_kwargs=cross_attention_kwargs,
-                                           return_dict=False)[0]  # eps (or v); for CLD eps_v, (B, C, h, w) per half
+                                           added_cond_kwargs=added_cond_kwargs, return_dict=False)[0]
                 if self.do_classifier_free_guidance:
                     noise_uncond, noise_text = noise_pred.chunk(2)  # (B, C, h, w) each
                     noise_pred = noise_uncond + self._guidance_scale * (noise_text - noise_uncond)
@@ -586,6 +698,49 @@ class LatentDiffusionPipeline(
         if not return_dict:
             return (images,)
         return LatentDiffusionPipelineOutput(images=images)
+
+
+def fix_legacy_scheduler_config(scheduler: SchedulerMixin) -> None:
+    """`StableDiffusionPipeline.__init__`'s corrections of legacy scheduler configs, with its deprecation messages:
+    `steps_offset` != 1 becomes 1 and `clip_sample=True` becomes False. Applied, as stock applies them, to diffusers'
+    own schedulers of a process whose row asks for them (VP); schedulers defined elsewhere (ours) are left alone."""
+    if not type(scheduler).__module__.startswith("diffusers.") or not process_of(scheduler.config).stock_config_fixups:
+        return
+    if getattr(scheduler.config, "steps_offset", 1) != 1:
+        deprecation_message = (
+            f"The configuration file of this scheduler: {scheduler} is outdated. `steps_offset`"
+            f" should be set to 1 instead of {scheduler.config.steps_offset}. Please make sure "
+            "to update the config accordingly as leaving `steps_offset` might led to incorrect results"
+            " in future versions. If you have downloaded this checkpoint from the Hugging Face Hub,"
+            " it would be very nice if you could open a Pull request for the `scheduler/scheduler_config.json`"
+            " file"
+        )
+        deprecate("steps_offset!=1", "1.0.0", deprecation_message, standard_warn=False)
+        scheduler._internal_dict = FrozenDict({**scheduler.config, "steps_offset": 1})
+    if getattr(scheduler.config, "clip_sample", False) is True:
+        deprecation_message = (
+            f"The configuration file of this scheduler: {scheduler} has not set the configuration `clip_sample`."
+            " `clip_sample` should be set to False in the configuration file. Please make sure to update the"
+            " config accordingly as not setting `clip_sample` in the config might lead to incorrect results in"
+            " future versions. If you have downloaded this checkpoint from the Hugging Face Hub, it would be very"
+            " nice if you could open a Pull request for the `scheduler/scheduler_config.json` file"
+        )
+        deprecate("clip_sample not set", "1.0.0", deprecation_message, standard_warn=False)
+        scheduler._internal_dict = FrozenDict({**scheduler.config, "clip_sample": False})
+
+
+_safety_checker_noted = False
+
+
+def note_safety_checker_not_run() -> None:
+    """Say once per process, through diffusers' logger, that a given safety checker is kept but never run."""
+    global _safety_checker_noted
+    if not _safety_checker_noted:
+        _safety_checker_noted = True
+        logger.warning(
+            "LatentDiffusionPipeline does not run the safety checker: it is kept as a component only (so that "
+            "components pass to and from StableDiffusionPipeline), and images are returned unfiltered."
+        )
 
 
 def pickle_only_components(folder: str) -> list[str]:

@@ -66,6 +66,9 @@ class Process:
     unet_channels: Callable[[int], tuple[int, int]] = _same_channels  # latent channels C -> (UNet in, UNet out)
     samplers: dict[str, SamplerSpec] = field(default_factory=dict)  # named samplers of its own (samplers.py adds them)
     normalise: Callable[[dict], dict] = _identity  # a scheduler config -> the same process in every sampler's terms
+    # whether StableDiffusionPipeline's legacy scheduler-config fix-ups (steps_offset -> 1, clip_sample -> False) are
+    # applied to diffusers' schedulers of this process when a pipeline is built, as stock applies them
+    stock_config_fixups: bool = False
     # benchmarks (latentdiff bench samplers): the samplers compared by default, a reference solution of the
     # sampling ODE (a fine, exact solver) and an independent solver it is checked against
     # one line of the process's settings in a scheduler config, for model cards
@@ -91,7 +94,7 @@ def _is_vp(config: dict) -> bool:
 
 PROCESSES: dict[str, Process] = {
     "ddpm": Process(
-        "ddpm", "a DDPM-family (VP) model", "dpm++2m", lambda c: _is_vp(c), VP_PROCESS_KEYS,
+        "ddpm", "a DDPM-family (VP) model", "dpm++2m", lambda c: _is_vp(c), VP_PROCESS_KEYS, stock_config_fixups=True,
         bench_samplers=("ddim", "euler", "heun", "lms", "dpm++2m", "dpm++2m_karras", "unipc", "deis"),
         # "trailing": timesteps 999, 998, ..., 0, the whole trained chain. (With the usual "leading" spacing and
         # steps_offset 1, 1000 steps would start at t = 1000, past the end of the noise schedule.) No clipping of
