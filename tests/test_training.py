@@ -124,23 +124,44 @@ def test_run_clock_leaves_out_pauses_and_goes_on_from_the_checkpoint(monkeypatch
     monkeypatch.setattr(run_clock, "perf_counter", lambda: now[0])
     monkeypatch.setattr(run_clock, "process_time", lambda: cpu[0])
     resumed = {"step": 7, "train_seconds": 50.0, "wall_clock_seconds": 80.0, "cpu_seconds": 30.0}
-    clock = run_clock.RunClock(Accelerator(cpu=True), 1.0, resumed)  # a budget of 60 s of training
+    # a budget of 60 s of training; this invocation started 1 s before its loop (loading the models)
+    clock = run_clock.RunClock(Accelerator(cpu=True), None, resumed, train_budget_minutes=1.0, started=now[0] - 1.0)
     now[0] += 6.0  # training
     assert clock.train_seconds == 6.0 and not clock.out_of_time()
-    with clock.paused():  # validation and a checkpoint: the training clock stands still
+    with clock.paused("checkpoint"):  # validation and a checkpoint: the training clock stands still
         now[0] += 4.0
         cpu[0] += 7.0  # CPU seconds of this process go on counting, paused or not
-        assert clock.progress(2, 3) == {"epoch": 2, "batch": 3, "train_seconds": 56.0, "wall_clock_seconds": 90.0,
+        assert clock.progress(2, 3) == {"epoch": 2, "batch": 3, "train_seconds": 56.0, "wall_clock_seconds": 91.0,
                                         "cpu_seconds": 37.0}
     now[0] += 4.0
-    assert (clock.train_seconds, clock.total_train_seconds, clock.seconds) == (10.0, 60.0, 14.0)
-    assert clock.out_of_time()  # 50 + 10 s of training spent
+    assert (clock.train_seconds, clock.total_train_seconds, clock.seconds) == (10.0, 60.0, 15.0)
+    assert clock.out_of_time() and clock.spent_budget == "train_time_budget_minutes"  # 50 + 10 s of training spent
     clock.stop()
     now[0] += 5.0  # writing the result: wall-clock time only
-    assert (clock.train_seconds, clock.wall_clock_seconds) == (10.0, 99.0)
+    assert (clock.train_seconds, clock.wall_clock_seconds) == (10.0, 100.0)
     fresh = run_clock.RunClock(Accelerator(cpu=True), None, {"step": 0})
     now[0] += 1e6
     assert fresh.total_train_seconds == 1e6 and not fresh.out_of_time()
+
+
+def test_wall_clock_budget_counts_everything_and_leaves_room_for_the_end(monkeypatch):
+    from latentdiff.training import run_clock
+
+    now = [100.0]
+    monkeypatch.setattr(run_clock, "perf_counter", lambda: now[0])
+    clock = run_clock.RunClock(Accelerator(cpu=True), 1.0, {"step": 0}, started=now[0] - 5.0)  # 60 s, all of it
+    now[0] += 2.0  # a step
+    assert clock.spent() == pytest.approx((5.0 + 2.0 + 2.0) / 60)  # the time so far and one more step
+    with clock.paused("grid"):
+        now[0] += 10.0
+    with clock.paused("checkpoint"):
+        now[0] += 3.0
+    now[0] += 2.0  # a step: 22 s so far; the end needs a step, a grid, a checkpoint and the final folder
+    assert clock.spent() == pytest.approx((22.0 + 18.0) / 60) and clock.end_reserve == 2.0 + 10.0 + 2 * 3.0
+    now[0] += 2.0
+    assert clock.spent() == pytest.approx((24.0 + 18.0) / 60) and not clock.out_of_time()
+    now[0] += 18.0  # 44 s and a step of 18 s: the end would not fit
+    assert clock.out_of_time() and clock.spent_budget == "time_budget_minutes"
 
 
 # ------------------------------------------------------------------------------------------------ real runs
@@ -170,6 +191,7 @@ def test_time_budget_finishes_the_run_and_summary_feeds_the_card(shapes16, tmp_p
     out = train(shapes16, tmp_path / "budget", "--max-steps", "50", "--time-budget-minutes", "0.0001")
     summary = json.loads((out / "pipeline" / "training_summary.json").read_text())
     assert summary["steps"] == 1 and summary["epochs"] == pytest.approx(8 / 24, abs=1e-3)
+    assert summary["stop_reason"] == "time_budget_minutes"
     assert summary["wall_clock_seconds"] > 0 and summary["hardware"].startswith("CPU")
     assert json.loads((out / "pipeline" / "training_config.json").read_text())["time_budget_minutes"] == 0.0001
     assert latest_checkpoint(out).name == "checkpoint-0000001"

@@ -59,7 +59,7 @@ def test_our_flags_stay_and_the_last_one_given_wins():
 
 
 @pytest.mark.parametrize("flags, expected", [
-    ([], True),  # the default
+    ([], False),  # the default of a full fine-tune (BASE has --pretrained)
     (["--use-ema"], True), (["--no-use-ema"], False), (["--use_ema"], True),
     (["--use-ema", "false"], False), (["--use-ema", "true"], True), (["--use-ema", "0"], False),
     (["--no-use-ema", "--use-ema"], True),

@@ -170,6 +170,7 @@ def check_common(cfg: Any) -> None:
     need("ema_decay", lambda v: 0 <= v < 1, "in [0, 1)")
     need("caption_dropout", lambda v: 0 <= v <= 1, "in [0, 1]")
     need("time_budget_minutes", lambda v: v > 0, "> 0")
+    need("train_time_budget_minutes", lambda v: v > 0, "> 0")
     need("mixed_precision", lambda v: v in ("no", "fp16", "bf16"), "one of no, fp16, bf16")
     need("report_to", lambda v: v in REPORT_TO, f"one of {', '.join(REPORT_TO)}")
     need("seed", lambda v: 0 <= v < 2**32, "in [0, 2**32)")  # what numpy's seeding (accelerate's set_seed) takes
@@ -219,28 +220,41 @@ def _aliases(name: str) -> list[str]:
     return [n for n in dict.fromkeys(names) if n != _flag(name)]
 
 
+def _default_help(cls: type, name: str, default: Any, comment: str) -> str:
+    """What --help says a field defaults to: its default, or one per kind of run where the config's MODE_DEFAULTS
+    (field -> {kind of run: value}) has the field; nothing for a None that the comment explains ("default: ...")."""
+    per_mode = getattr(cls, "MODE_DEFAULTS", {}).get(name)
+    if per_mode:
+        return "default: " + "; ".join(f"{mode} {value:g}" if isinstance(value, float) else f"{mode} {value}"
+                                       for mode, value in per_mode.items())
+    return "" if default is None and "default:" in comment else f"default: {default!r}"
+
+
 def build_parser(cls: type, prog: str | None = None) -> argparse.ArgumentParser:
     """A flag per field, and its aliases (_aliases: each its own hidden flag, so that an error names the flag typed).
-    A bool field is a switch: `--use-ema` alone is true, `--no-use-ema` false; `--use-ema true|false` still works."""
+    A bool field is a switch: `--use-ema` alone is true, `--no-use-ema` false; `--use-ema true|false` still works.
+    A config may have MODE_DEFAULTS (shown as the defaults of those fields) and HELP_EPILOG (text after the flags)."""
     from latentdiff.parsing import Parser  # argparse with one-line errors
 
     hints = typing.get_type_hints(cls)
     comments = field_comments(cls)
     parser = Parser(prog=prog, description=(cls.__doc__ or "").strip().splitlines()[0],
-                    argument_default=argparse.SUPPRESS)
+                    epilog=getattr(cls, "HELP_EPILOG", None), argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", type=Path, help="YAML recipe (see training/recipes/); flags override it")
     for f in dataclasses.fields(cls):
         kind, is_list = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         diffusers_names = [a for a in _aliases(f.name) if a != "--" + f.name]
-        also = f"; also {', '.join(diffusers_names)}" if diffusers_names else ""
+        also = f"also {', '.join(diffusers_names)}" if diffusers_names else ""
         options: dict[str, Any] = dict(dest=f.name, type=_none_or(kind))
         if is_list:
             options["nargs"] = "*"
         elif kind is bool:
             options.update(nargs="?", const=True, metavar="true|false")
-        parser.add_argument(_flag(f.name), help=f"{comments.get(f.name, '')} (default: {default!r}{also})", **options)
+        shown = "; ".join(filter(None, [_default_help(cls, f.name, default, comments.get(f.name, "")), also]))
+        text = comments.get(f.name, "") + (f" ({shown})" if shown else "")
+        parser.add_argument(_flag(f.name), help=text.replace("%", "%%"), **options)  # (argparse formats help with %)
         for alias in _aliases(f.name):
             parser.add_argument(alias, help=argparse.SUPPRESS, **options)
         if kind is bool and not is_list:

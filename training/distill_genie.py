@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import perf_counter
 
 import torch
 from tqdm.auto import tqdm
@@ -80,8 +81,9 @@ class DistillGenieConfig:
     checkpoint_every: int = 500  # steps between checkpoints
     keep_checkpoints: int = 2  # checkpoints kept (oldest removed)
     resume: str | None = None  # "latest" or a checkpoint folder
-    time_budget_minutes: float | None = None  # finish (result written as at --max-steps) after this much training
-    # time, summed over resumed invocations; validation and checkpoint pauses do not count
+    time_budget_minutes: float | None = None  # wall-clock minutes for the run, grids and saves included, over resumes
+    # (it stops early enough for the final grid, checkpoint and result; written as at --max-steps)
+    train_time_budget_minutes: float | None = None  # training minutes only (no grids, checkpoints), over resumes
     save_pipeline: bool = True  # also write pipeline/: the teacher with the head as its genie_head component
     # (LatentDiffusionPipeline loads it whole, e.g. for `latentdiff bench samplers --model OUT/pipeline`)
     validation_every: int = 500  # steps between sample grids
@@ -111,11 +113,10 @@ class DistillGenieConfig:
                              f"{self.guidance_max} (w = 1 is the unguided ODE).")
         if not 0.0 <= self.caption_dropout <= 1.0:
             raise ValueError(f"--caption-dropout must be in [0, 1], got {self.caption_dropout}.")
-        if self.time_budget_minutes is not None and self.time_budget_minutes <= 0:
-            raise ValueError(f"--time-budget-minutes must be > 0, got {self.time_budget_minutes}.")
 
 
 def main(argv: list[str] | None = None) -> None:
+    started = perf_counter()  # the wall-clock time budget counts from here
     cfg = parse_config(DistillGenieConfig, argv, prog="distill_genie")
     accelerator, out = start_run(cfg, "distill_genie")
 
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     # 4. Resume: head, optimizer, EMA, LR schedule and RNG states; the data position from the progress record
     progress = resume_progress(accelerator, cfg.resume, out)
     step = first_step = progress["step"]
-    clock = RunClock(accelerator, cfg.time_budget_minutes, progress)  # training time, all invocations
+    clock = RunClock(accelerator, cfg.time_budget_minutes, progress, cfg.train_time_budget_minutes, started)
     bar = tqdm(total=cfg.max_steps, initial=step, desc="genie", disable=not accelerator.is_main_process)
     after = AfterStep(accelerator, clock, out, cfg, lambda at: validate(cfg, accelerator, teacher, head, ema, out, at),
                       bar, cfg.batch_size * accelerator.num_processes)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import perf_counter
 
 import torch
 from diffusers import DDPMScheduler, LCMScheduler, UNet2DConditionModel
@@ -82,8 +83,9 @@ class DistillLCMConfig:
     checkpoint_every: int = 500  # steps between checkpoints
     keep_checkpoints: int = 2  # checkpoints kept (oldest removed)
     resume: str | None = None  # "latest" or a checkpoint folder
-    time_budget_minutes: float | None = None  # finish (result written as at --max-steps) after this much training
-    # time, summed over resumed invocations; validation and checkpoint pauses do not count
+    time_budget_minutes: float | None = None  # wall-clock minutes for the run, grids and saves included, over resumes
+    # (it stops early enough for the final grid, checkpoint and result; written as at --max-steps)
+    train_time_budget_minutes: float | None = None  # training minutes only (no grids, checkpoints), over resumes
     validation_every: int = 500  # steps between sample grids
     validation_prompts: list[str] = field(default_factory=lambda: [
         "a red circle", "two blue squares", "a green triangle to the left of a yellow star",
@@ -114,8 +116,6 @@ class DistillLCMConfig:
         if bad or not self.validation_steps:
             raise ValueError(f"--validation-steps must be one or more step counts in [1, --num-ddim-timesteps="
                              f"{self.num_ddim_timesteps}] (LCMScheduler samples on that grid), got {self.validation_steps}.")
-        if self.time_budget_minutes is not None and self.time_budget_minutes <= 0:
-            raise ValueError(f"--time-budget-minutes must be > 0, got {self.time_budget_minutes}.")
         if self.validation_guidance is None:
             self.validation_guidance = 1.0 if self.mode == "lora" else 1.0 + (self.w_min + self.w_max) / 2
 
@@ -202,6 +202,7 @@ def usage(cfg: DistillLCMConfig, target: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    started = perf_counter()  # the wall-clock time budget counts from here
     cfg = parse_config(DistillLCMConfig, argv, prog="distill_lcm")
     accelerator, out = start_run(cfg, "distill_lcm")
 
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     step = first_step = progress["step"]
     if ema is not None:
         ema.copy_to(target_unet.parameters())
-    clock = RunClock(accelerator, cfg.time_budget_minutes, progress)  # training time, all invocations
+    clock = RunClock(accelerator, cfg.time_budget_minutes, progress, cfg.train_time_budget_minutes, started)
     bar = tqdm(total=cfg.max_steps, initial=step, desc="distill", disable=not accelerator.is_main_process)
     after = AfterStep(accelerator, clock, out, cfg, lambda at: validate(cfg, accelerator, parts, student, out, at),
                       bar, cfg.batch_size * accelerator.num_processes)

@@ -5,8 +5,9 @@
 From scratch (`--preset small --vae out/vae-shapes/vae`): the UNet and the CLIP text encoder are trained
 jointly on a frozen VAE, as the original LDM text-to-image model trained its text transformer jointly
 (Rombach et al. 2022, sec. 4.3.1). Fine-tuning (`--pretrained DIR`): the full UNet (optionally the text
-encoder), or LoRA adapters through peft (`--lora-rank R`; Hu et al. 2022), saved as
-`pytorch_lora_weights.safetensors` in the diffusers format `load_lora_weights` reads.
+encoder), or LoRA adapters through peft (`--lora-rank R`, with `--train-text-encoder` on the text encoder too; Hu
+et al. 2022), saved as `pytorch_lora_weights.safetensors` in the diffusers format `load_lora_weights` reads. Where
+the kinds of run want different learning rates, warm-up, EMA and caption dropout, MODE_DEFAULTS holds each.
 `--process NAME` picks the noise process and its objective (latentdiff/objective.py: DDPM, CLD, ...); the loop is
 the same for all: data -> (cached) VAE latents -> objective.perturb -> UNet -> objective.loss -> backward -> EMA
 -> logs, checkpoints, sample grids. Everything else lives in the modules it calls.
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from time import perf_counter
+from typing import Any, ClassVar
 
 import torch
 from accelerate import Accelerator
@@ -38,9 +41,52 @@ from latentdiff.training.ema import ema_weights, make_ema
 from latentdiff.training.frozen import place_frozen
 from latentdiff.training.optim import optimizer_and_schedule
 from latentdiff.training.periodic import AfterStep
-from latentdiff.training.run_clock import RunClock
+from latentdiff.training.run_clock import GRIDS, RunClock
 from latentdiff.training.summary import run_summary, write_summary
-from latentdiff.training.validation import log_image, sample_grid
+from latentdiff.training.validation import log_image, prompts_from_data, sample_grid
+
+
+# The three kinds of run, told apart by two options: no --pretrained trains from scratch; --pretrained fine-tunes all
+# of the UNet; --pretrained with --lora-rank R > 0 trains LoRA adapters instead.
+SCRATCH, FULL, LORA = "from scratch", "full fine-tune", "LoRA"
+
+
+@dataclass(frozen=True)
+class ShareOfRun:
+    """A default number of steps given as a share of --max-steps, at most `most`."""
+
+    share: float
+    most: int
+
+    def steps(self, max_steps: int) -> int:
+        return min(self.most, max(1, round(self.share * max_steps)))
+
+    def __str__(self) -> str:
+        return f"{self.share:.0%} of --max-steps, at most {self.most}"
+
+
+# Defaults that depend on the kind of run. A value given on the command line or in a recipe always wins; the run's
+# first lines say which of these it took. From scratch: the values the shipped default model was trained with
+# (training/recipes/shapes-tiny.yaml). Fine-tuning moves a trained model a short way towards a few hundred images
+# in a few hundred steps; issue 16 found the from-scratch values wrong for it (5e-4 with EMA turned the default
+# model's pictures into texture, and 500 warm-up steps outlasted the run):
+# - learning rate: diffusers' examples/text_to_image README fine-tunes all of Stable Diffusion's UNet at 1e-5 over
+#   15,000 steps; a run of a few hundred steps takes twice that, still 25x below from scratch. The same README
+#   trains LoRA at 1e-4, as diffusers' DreamBooth LoRA example does in 500 steps: LoRA's B starts at zero and its
+#   update is scaled by alpha / rank = 1 here, so adapters of the usual rank 4 to 16 (Hu et al. 2022 found small
+#   ranks enough) take the larger rate.
+# - warm-up: 5% of the run, at most 100 steps. It guards trained weights from Adam's first, poorly estimated
+#   steps, which takes tens of steps (diffusers' fine-tuning examples use none).
+# - EMA: off. Over a short run an average of the weights lags behind them, back towards the base they started
+#   from (the README's EMA fine-tune runs 15,000 steps); a LoRA trains adapters, not the weights EMA averages.
+# - caption dropout 5%: the base already has its unconditional branch; a few empty captions keep it in step with
+#   the new data, against which classifier-free guidance measures the prompt, at little cost to a small data set.
+MODE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "learning_rate": {SCRATCH: 5e-4, FULL: 2e-5, LORA: 1e-4},
+    "lr_warmup_steps": {SCRATCH: 500, FULL: ShareOfRun(0.05, 100), LORA: ShareOfRun(0.05, 100)},
+    "use_ema": {SCRATCH: True, FULL: False, LORA: False},
+    "caption_dropout": {SCRATCH: 0.1, FULL: 0.05, LORA: 0.05},
+}
 
 
 @dataclass
@@ -68,14 +114,14 @@ class TextToImageConfig:
     batch_size: int = 32  # images per step per process
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
     max_steps: int = 10000  # optimizer steps
-    learning_rate: float = 5e-4  # AdamW peak learning rate
+    learning_rate: float | None = None  # AdamW peak learning rate
     lr_scheduler: str = "cosine"  # diffusers.optimization schedule: constant, constant_with_warmup, cosine, ...
-    lr_warmup_steps: int = 500  # linear warm-up steps
+    lr_warmup_steps: int | None = None  # linear warm-up steps
     weight_decay: float = 1e-2  # AdamW weight decay
     adam_8bit: bool = False  # bitsandbytes 8-bit AdamW (GPU only)
     max_grad_norm: float = 1.0  # gradient clipping
-    train_text_encoder: bool | None = None  # train the text encoder too; default: yes from scratch, no otherwise
-    lora_rank: int = 0  # > 0: train LoRA adapters of this rank on the UNet's attention instead of all weights
+    train_text_encoder: bool | None = None  # also train the text encoder (LoRA: adapters); default: only from scratch
+    lora_rank: int = 0  # > 0: train LoRA adapters of this rank (4 to 16 usual) on the UNet's attention, not all weights
     process: str = "ddpm"  # noise process and its objective: "ddpm" (VP, as Stable Diffusion), "cld", ... (objective.py)
     timestep_sampling: str = "uniform"  # training time density: "uniform", "logit_normal" (SD3) or "speed" (ddpm: SpeeD)
     timestep_shift: float = 1.0  # shift of that density towards noise, t' = s t / (1 + (s - 1) t) (SD3 eq. 23)
@@ -90,8 +136,8 @@ class TextToImageConfig:
     prediction_type: str = "epsilon"  # "epsilon" or "v_prediction" (ddpm)
     snr_gamma: float | None = 5.0  # min-SNR-gamma loss weighting (None: plain MSE) (ddpm)
     noise_offset: float = 0.0  # offset-noise strength (ddpm)
-    caption_dropout: float = 0.1  # probability of training on the empty caption (for classifier-free guidance)
-    use_ema: bool = True  # keep an exponential moving average of the UNet; the final pipeline uses it
+    caption_dropout: float | None = None  # probability of training on the empty caption (classifier-free guidance)
+    use_ema: bool | None = None  # keep an exponential moving average of the UNet; the final pipeline uses it
     ema_decay: float = 0.999  # EMA decay (with warm-up)
     gradient_checkpointing: bool = False  # trade compute for memory
     channels_last: bool = True  # UNet weights and activations in NHWC layout (faster convolutions, CPU and GPU)
@@ -107,12 +153,13 @@ class TextToImageConfig:
     keep_checkpoints: int = 2  # checkpoints kept (oldest removed)
     resume: str | None = None  # "latest" or a checkpoint folder
     stop_after: int | None = None  # end this invocation after this many steps (a time slot); resume to go on
-    time_budget_minutes: float | None = None  # finish (final folder as at --max-steps) after this much training
-    # time, summed over resumed invocations; validation and checkpoint pauses do not count. For same-budget comparisons.
-    validation_every: int = 1000  # steps between sample grids
-    validation_prompts: list[str] = field(default_factory=lambda: [
-        "a red circle", "two blue squares", "a green triangle to the left of a yellow star",
-        "a purple cross above an orange diamond"])  # prompts of the sample grid
+    time_budget_minutes: float | None = None  # wall-clock minutes for the run, grids and saves included, over resumes
+    # (it stops early enough for the final grid, checkpoint and folder; an upload comes after)
+    train_time_budget_minutes: float | None = None  # training minutes only (no grids, checkpoints), over resumes
+    # (for comparing recipes at equal training time, as `latentdiff bench speedrun` does)
+    validation_every: int | None = None  # steps between sample grids, and one at the end; default: 4 evenly spaced
+    # (by steps, or by a time budget that ends the run sooner)
+    validation_prompts: list[str] | None = None  # grid prompts; default: 4 captions of the data (seeded) and ""
     validation_steps: int = 20  # sampler steps for the grid (DPM-Solver++ 2M; cld: cld-ode)
     validation_guidance: float = 4.0  # guidance scale for the grid
     max_bad_steps: int = 10  # this many non-finite losses in a row stop the run
@@ -122,6 +169,12 @@ class TextToImageConfig:
     hub_repo_id: str | None = None  # USER/NAME to upload to (needed with --push-to-hub)
     hub_private: bool = False  # create the hub repo as private
 
+    MODE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = MODE_DEFAULTS  # (listed by --help)
+    HELP_EPILOG: ClassVar[str] = (
+        "Kinds of run: from scratch (no --pretrained), full fine-tune (--pretrained DIR), LoRA (--pretrained DIR "
+        "--lora-rank R). Where a default differs between them, --help lists each; a value you give always wins, and "
+        "a run's first lines show the values it took.")
+
     def __post_init__(self):
         objective_row(self.process).check(self)  # the process's own options (ValueError naming the flag)
         if not self.timestep_shift > 0:
@@ -130,12 +183,9 @@ class TextToImageConfig:
         if self.timestep_sampling not in densities:
             raise ValueError(f"--timestep-sampling must be one of {', '.join(densities)} for --process "
                              f"{self.process}, got {self.timestep_sampling!r}.")
-        for name in ("batch_size", "max_steps", "checkpoint_every", "validation_every", "gradient_accumulation_steps",
-                     "max_bad_steps"):
+        for name in ("batch_size", "max_steps", "checkpoint_every", "gradient_accumulation_steps", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
-        if not 0.0 <= self.caption_dropout <= 1.0:
-            raise ValueError(f"--caption-dropout must be in [0, 1], got {self.caption_dropout}.")
         if self.lora_rank < 0:
             raise ValueError(f"--lora-rank must be >= 0, got {self.lora_rank}.")
         if self.pretrained is None and self.vae is None:
@@ -143,13 +193,59 @@ class TextToImageConfig:
                              "or --pretrained DIR to fine-tune a pipeline.")
         if self.lora_rank and self.pretrained is None:
             raise ValueError("--lora-rank needs --pretrained DIR: LoRA adapts a trained model.")
-        if self.time_budget_minutes is not None and self.time_budget_minutes <= 0:
-            raise ValueError(f"--time-budget-minutes must be > 0, got {self.time_budget_minutes}.")
+        if self.lora_rank and self.use_ema:
+            raise ValueError("--use-ema averages all of the UNet's weights, but a LoRA run (--lora-rank) trains "
+                             "adapters only: drop --use-ema, or fine-tune all weights without --lora-rank.")
+        self.mode_defaults = apply_mode_defaults(self)  # {field: value} the kind of run chose (not a flag)
+        if not 0.0 <= self.caption_dropout <= 1.0:
+            raise ValueError(f"--caption-dropout must be in [0, 1], got {self.caption_dropout}.")
+        if self.pretrained is not None and Path(self.pretrained).is_dir():
+            # recorded as an absolute path in training_config.json, so that `latentdiff push` finds a LoRA's base
+            # from wherever it runs
+            self.pretrained = str(Path(self.pretrained).resolve())
         if self.train_text_encoder is None:
             self.train_text_encoder = self.pretrained is None
         if self.pretrained is None:
             architecture(self)  # ValueError now for sizes that do not fit, not after loading the data
         check_hub_arguments(self)  # before training, not after: a missing token or repo id fails now
+
+
+def mode_of(cfg: TextToImageConfig) -> str:
+    """SCRATCH, FULL or LORA."""
+    return SCRATCH if cfg.pretrained is None else LORA if cfg.lora_rank else FULL
+
+
+def apply_mode_defaults(cfg: TextToImageConfig) -> dict[str, Any]:
+    """Fill the MODE_DEFAULTS fields left unset (None) with the values of the run's kind; returns those."""
+    chosen = {}
+    for name, per_mode in MODE_DEFAULTS.items():
+        if getattr(cfg, name) is None:
+            value = per_mode[mode_of(cfg)]
+            chosen[name] = value.steps(cfg.max_steps) if isinstance(value, ShareOfRun) else value
+            setattr(cfg, name, chosen[name])
+    return chosen
+
+
+def describe_run(cfg: TextToImageConfig) -> str:
+    """The run's first lines: its kind, and the values of MODE_DEFAULTS it took or was given."""
+    mode = mode_of(cfg)
+    what = {SCRATCH: f"from scratch (preset {cfg.preset})", FULL: f"full fine-tune of {cfg.pretrained}",
+            LORA: f"LoRA (rank {cfg.lora_rank}) on {cfg.pretrained}"}[mode]
+    budgets = [f"{minutes:g} min of {kind}" for minutes, kind in ((cfg.time_budget_minutes, "wall clock"),
+                                                                  (cfg.train_time_budget_minutes, "training time"))
+               if minutes is not None]
+    lines = [f"train_text_to_image: {what}, up to {cfg.max_steps} steps" + "".join(f" or {b}" for b in budgets)]
+
+    def shown(name: str) -> str:
+        value, default = getattr(cfg, name), MODE_DEFAULTS[name][mode]
+        text = f"--{name.replace('_', '-')} {str(value).lower() if isinstance(value, bool) else f'{value:g}'}"
+        return text + (f" ({default})" if isinstance(default, ShareOfRun) and name in cfg.mode_defaults else "")
+
+    lines.append(f"{mode} defaults: " + (", ".join(map(shown, cfg.mode_defaults)) or "none taken"))
+    given = [name for name in MODE_DEFAULTS if name not in cfg.mode_defaults]
+    if given:
+        lines.append("given: " + ", ".join(map(shown, given)))
+    return "\n".join(lines)
 
 
 def load_models(cfg: TextToImageConfig) -> dict:
@@ -185,12 +281,20 @@ def architecture(cfg: TextToImageConfig):
                    text_layers=cfg.text_layers, text_width=cfg.text_width, text_heads=cfg.text_heads)
 
 
-def add_lora(unet: UNet2DConditionModel, rank: int) -> None:
-    from peft import LoraConfig
+def add_lora(unet: UNet2DConditionModel, text_encoder, rank: int, train_text_encoder: bool) -> None:
+    """Freeze the UNet (and the text encoder) and give their attention LoRA adapters (Hu et al. 2022) through peft,
+    with B = 0 (each starts as the base model) and alpha = rank; the text encoder's only with `train_text_encoder`
+    (the projections diffusers' LoRA examples adapt)."""
+    from peft import LoraConfig, inject_adapter_in_model
 
     unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                 target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    if train_text_encoder:
+        text_encoder.requires_grad_(False)
+        # (peft itself: transformers' add_adapter asks for a newer peft than exists for it)
+        inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                           target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]), text_encoder)
 
 
 def pipeline_of(cfg: TextToImageConfig, parts: dict, unet, text_encoder) -> LatentDiffusionPipeline:
@@ -207,8 +311,11 @@ def save_outputs(cfg: TextToImageConfig, parts: dict, unet, text_encoder, out: P
         from peft.utils import get_peft_model_state_dict
 
         target = out / "lora"
-        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-        LatentDiffusionPipeline.save_lora_weights(target, unet_lora_layers=layers, safe_serialization=True)
+        text_layers = (convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder))
+                       if cfg.train_text_encoder else None)
+        LatentDiffusionPipeline.save_lora_weights(
+            target, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
+            text_encoder_lora_layers=text_layers, safe_serialization=True)
         return target
     target = out / "pipeline"
     pipeline_of(cfg, parts, unet, text_encoder).save_pretrained(target)
@@ -216,9 +323,11 @@ def save_outputs(cfg: TextToImageConfig, parts: dict, unet, text_encoder, out: P
 
 
 def main(argv: list[str] | None = None) -> None:
+    started = perf_counter()  # the wall-clock time budget counts from here
     cfg = parse_config(TextToImageConfig, argv, prog="train_text_to_image")
     accelerator, out = start_run(cfg, "train_text_to_image", dynamo_backend="inductor" if cfg.compile else "no",
                                  gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    accelerator.print(describe_run(cfg))
 
     # 1. Models: frozen VAE; trained UNet (or its LoRA) and, optionally, text encoder; the objective
     parts = load_models(cfg)
@@ -229,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # 2. Optimizer and learning-rate schedule over the trained parameters
     params = [p for p in unet.parameters() if p.requires_grad] + (
-        list(text_encoder.parameters()) if cfg.train_text_encoder else [])
+        [p for p in text_encoder.parameters() if p.requires_grad] if cfg.train_text_encoder else [])
     optimizer, lr_schedule = optimizer_and_schedule(cfg, params)
     if cfg.train_text_encoder:
         unet, text_encoder, optimizer, lr_schedule = accelerator.prepare(unet, text_encoder, optimizer, lr_schedule)
@@ -241,11 +350,18 @@ def main(argv: list[str] | None = None) -> None:
                         tokenizer=parts["tokenizer"], cache_dir=cfg.cache_dir or out / "cache",
                         cache_latents=cfg.cache_latents, cache_text=cfg.cache_text and not cfg.train_text_encoder,
                         train_text_encoder=cfg.train_text_encoder, num_workers=cfg.num_workers, dtype=frozen_dtype)
+    if cfg.validation_prompts is None:  # drawn from the data, then recorded with the run's config
+        cfg.validation_prompts = prompts_from_data(data.dataset, cfg.seed)
+        if accelerator.is_main_process:
+            save_config(cfg, out / "training_config.json")
+    accelerator.print(f"sample grids of {cfg.validation_prompts} " + (
+        f"every {cfg.validation_every} steps" if cfg.validation_every else f"at {GRIDS} evenly spaced points")
+        + " and at the end")
 
     # 4. Resume: model, optimizer, EMA, LR schedule and RNG states; the data position from the progress record
     progress = resume_progress(accelerator, cfg.resume, out)
     step = first_step = progress["step"]
-    clock = RunClock(accelerator, cfg.time_budget_minutes, progress)  # training time, all invocations
+    clock = RunClock(accelerator, cfg.time_budget_minutes, progress, cfg.train_time_budget_minutes, started)
 
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not accelerator.is_main_process)
     after = AfterStep(accelerator, clock, out, cfg, lambda at: validate(cfg, accelerator, parts, unet, text_encoder,
@@ -301,7 +417,7 @@ def finish(cfg: TextToImageConfig, accelerator, parts: dict, unet, text_encoder,
     write_summary(run_summary(accelerator, clock, step=step, first_step=first_step, images_seen=after.images_seen,
                               data=data, epochs=epochs_done(step, cfg, accelerator.num_processes, data.dataset),
                               final_loss=after.logs.get("loss"), steady_images_per_s=after.steady_images_per_s,
-                              **extra), out, target)
+                              stop_reason=after.stop_reason, **extra), out, target)
     save_config(cfg, target / "training_config.json")
     accelerator.print(f"{data.dataset.skips.summary()}\nwrote {target}")
     if cfg.push_to_hub:
@@ -327,7 +443,7 @@ def prepare_models(cfg: TextToImageConfig, accelerator: Accelerator, vae, text_e
     vae.requires_grad_(False).eval()
     text_encoder.requires_grad_(cfg.train_text_encoder)
     if cfg.lora_rank:
-        add_lora(unet, cfg.lora_rank)
+        add_lora(unet, text_encoder, cfg.lora_rank, cfg.train_text_encoder)
     if cfg.channels_last:
         unet.to(memory_format=torch.channels_last)
     if cfg.gradient_checkpointing:

@@ -2,14 +2,42 @@
 
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from latentdiff.data.dataset import choose_caption
+from latentdiff.data.sources import Record
 from latentdiff.eval.seeded import generate_seeded
 from latentdiff.images import make_grid
+
+DATA_PROMPTS = 4  # captions of the training data in the default sample grid (then "")
+STREAM_POOL = 256  # a stream of shards (no random access) gives its first this-many captions to draw from
+
+
+def prompts_from_data(dataset, seed: int, n: int = DATA_PROMPTS) -> list[str]:
+    """The default prompts of a run's sample grids: `n` different captions of its training data, drawn with `seed`
+    (from a map-style dataset's `caption_at(i)`, or from the first STREAM_POOL captions of a stream's shards), then ""
+    for an unconditional picture. Fewer when the data has fewer different captions."""
+    rng = np.random.default_rng(seed)
+    if hasattr(dataset, "caption_at"):
+        picks = rng.choice(len(dataset), size=min(len(dataset), 8 * n), replace=False)
+        captions = (dataset.caption_at(int(i)) for i in picks)
+    else:
+        records = dataset.source.iter_records(dataset.source.shards)
+        pool = [r.caption for r in islice((r for r in records if isinstance(r, Record)), STREAM_POOL)]
+        captions = (pool[int(i)] for i in rng.permutation(len(pool)))
+    chosen: list[str] = []
+    for caption in captions:
+        text = choose_caption(caption, rng).strip()
+        if text and text not in chosen:
+            chosen.append(text)
+        if len(chosen) == n:
+            break
+    return chosen + [""]
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """`latentdiff bench speedrun`: training recipes raced for a fixed budget of training minutes on this machine.
 
 Each recipe (a YAML file of `train_text_to_image` options, e.g. training/recipes/speedrun/*.yaml) trains from
-scratch in its own folder, in budget slices: `--time-budget-minutes every`, then `2 * every`, ... up to `minutes`,
+scratch in its own folder, in budget slices: `--train-time-budget-minutes every`, `2 * every`, ... up to `minutes`,
 each slice resuming the previous one's checkpoint (`--resume latest`). After every slice its pipeline folder is
 scored on a fixed, category-balanced subset of a prompt set (the same prompts, seeds, sampler and steps for
 every recipe and point), so the result is score against training minutes, one line per recipe, in one JSON and
@@ -75,7 +75,8 @@ def train_slice(recipe: str, run_dir: Path, minutes: float, extra: list[str]) ->
     """Train `recipe` in `run_dir` until `minutes` of training time (resuming the run's latest checkpoint) and
     return its training_summary.json. One process per slice: a crash is reported, not inherited."""
     cmd = [sys.executable, "-m", "latentdiff.training.train_text_to_image", "--config", recipe,
-           "--output-dir", str(run_dir), "--time-budget-minutes", str(minutes), "--resume", "latest", *extra]
+           "--output-dir", str(run_dir), "--train-time-budget-minutes", str(minutes), "--resume", "latest",
+           *extra]
     log = run_dir / "speedrun.log"
     run_dir.mkdir(parents=True, exist_ok=True)
     with log.open("a") as f:

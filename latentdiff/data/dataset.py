@@ -234,6 +234,10 @@ class CaptionedImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def caption_at(self, pos: int) -> str | tuple[str, ...]:
+        """The caption (or captions to choose from) of item `pos`, without reading its image."""
+        return self.source[self.indices[pos]].caption
+
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         pos, epoch = (int(item[0]), int(item[1])) if isinstance(item, (tuple, list)) else (int(item), 0)
         bucket = self.bucket_ids[pos]

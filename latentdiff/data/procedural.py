@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from latentdiff.data.decode import SkipCounter
-from latentdiff.data.shapes import SPLITS, TEMPLATES, make_caption, render, scene_at
+from latentdiff.data.shapes import SPLITS, TEMPLATES, SceneSpec, make_caption, render, scene_at
 
 PREFIX = "shapesworld:"
 
@@ -97,6 +97,12 @@ class ShapesWorldDataset(Dataset):
     def scene_index(self, pos: int, epoch: int) -> int:
         return epoch * self.stream.n + pos if self.stream.fresh else pos
 
+    def scene(self, pos: int, epoch: int) -> tuple[int, SceneSpec]:
+        """(scene index, scene) of item `pos` in `epoch`."""
+        s = self.stream
+        index = self.scene_index(pos, epoch)
+        return index, scene_at(index, s.seed, s.split if s.split != "both" else SPLITS[index % 2])
+
     def caption(self, scene) -> str:
         """The scene's caption, reworded with one of the first `templates` templates of its category if asked."""
         if self.stream.templates is None:
@@ -105,12 +111,14 @@ class ShapesWorldDataset(Dataset):
         k = int(k) % min(self.stream.templates, len(TEMPLATES[category]))
         return make_caption(category, k, scene.objects, scene.relation)
 
+    def caption_at(self, pos: int) -> str:
+        """The caption of item `pos` in epoch 0, without rendering its scene."""
+        return self.caption(self.scene(pos, 0)[1])
+
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         pos, epoch = (int(item[0]), int(item[1])) if isinstance(item, (tuple, list)) else (int(item), 0)
         s = self.stream
-        index = self.scene_index(pos, epoch)
-        split = s.split if s.split != "both" else SPLITS[index % 2]
-        scene = scene_at(index, s.seed, split)
+        index, scene = self.scene(pos, epoch)
         size = self.resolution
         return {"pixel_values": image_tensor(render(scene, size=size)),  # (3, size, size)
                 "caption": self.caption(scene), "key": f"shapesworld-{s.split}-{s.seed}-{index}-{size}",

@@ -23,7 +23,7 @@ DEFAULT_PROMPTS = [
     "a purple diamond and an orange cross",
 ]
 CONFIG_FILES = ("recipe.yaml", "training_config.json")  # read in this order; later files win
-BASE_MODEL_KEYS = ("base_model", "pretrained_model_name_or_path")
+BASE_MODEL_KEYS = ("base_model", "pretrained_model_name_or_path", "pretrained")  # the last: train_text_to_image's
 DATASET_KEYS = ("datasets", "dataset", "dataset_name", "train_data_dir")
 
 
@@ -35,6 +35,7 @@ class CardInfo:
     description: str | None = None  # a paragraph under the heading
     license: str = "apache-2.0"  # a licence id the Hub knows (metadata `license`)
     base_model: str | None = None  # hub repo id of the model fine-tuned from, or of a LoRA's base
+    base_model_name: str | None = None  # how the text names a base without a hub repo id (a local folder's name)
     datasets: list[str] = field(default_factory=list)  # training data; hub ids also go into the metadata
     tags: list[str] = field(default_factory=list)  # extra tags, after text-to-image / diffusers / latentdiff
     sample_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))  # drawn for the grid
@@ -134,6 +135,9 @@ def read_card_info(folder: str | Path, overrides: CardInfo | Mapping[str, Any] |
     if config:
         info.hyperparameters = {k: v for k, v in config.items() if _is_table_value(str(k), v)}
         info.base_model = next((str(config[k]) for k in BASE_MODEL_KEYS if config.get(k)), None)
+        prompts = config.get("validation_prompts")
+        if isinstance(prompts, list) and prompts and all(isinstance(p, str) for p in prompts):
+            info.sample_prompts = prompts  # the run's own grid prompts (card.json's sample_prompts win)
         key = next((k for k in DATASET_KEYS if config.get(k)), None)
         if key == "train_data_dir":  # a local folder: name it, but not as a hub dataset, and not its full path
             info.datasets = [f"{Path(str(config[key])).name} (local folder)"]
@@ -207,14 +211,25 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h"
 
 
+def _base_name(info: CardInfo) -> str | None:
+    """The base model as the card's text names it (Markdown): its hub repo id, else its folder's name."""
+    if info.base_model:
+        return f"`{info.base_model}`"
+    return f"`{info.base_model_name}` (a local folder)" if info.base_model_name else None
+
+
+def _shown_prompt(prompt: str) -> str:
+    return f"“{prompt}”" if prompt else "“” (no prompt: the unconditional picture)"
+
+
 def _usage(info: CardInfo, facts: CardFacts) -> str:
-    prompt = info.sample_prompts[0] if info.sample_prompts else DEFAULT_PROMPTS[0]
+    prompt = next((p for p in info.sample_prompts if p), DEFAULT_PROMPTS[0])
     call = (f'image = pipe("{prompt}", num_inference_steps={info.sample_steps}, '
             f"guidance_scale={info.sample_guidance:g},\n"
             f"             generator=torch.Generator().manual_seed({info.sample_seed})).images[0]\n"
             'image.save("out.png")')
     if facts.kind == "lora":
-        base = info.base_model or "BASE_MODEL"
+        base = info.base_model or (f"PATH/TO/{info.base_model_name}" if info.base_model_name else "BASE_MODEL")
         load = (f'pipe = DiffusionPipeline.from_pretrained("{base}")\n'
                 f'pipe.load_lora_weights("{facts.repo_id}")')
         note = "The LoRA loads on its base model with diffusers' `load_lora_weights`:"
@@ -240,8 +255,8 @@ def _training_section(info: CardInfo, lora: bool) -> str:
     if info.datasets:
         parts.append("Data: " + ", ".join(f"[{d}](https://huggingface.co/datasets/{d})" if REPO_ID.match(d)
                                            else f"`{d}`" for d in info.datasets) + ".")
-    if info.base_model:
-        parts.append(f"{'Base model' if lora else 'Fine-tuned from'}: `{info.base_model}`.")
+    if _base_name(info):
+        parts.append(f"{'Base model' if lora else 'Fine-tuned from'}: {_base_name(info)}.")
     t = info.training
     if t:
         bits = []
@@ -293,7 +308,7 @@ def build_card(info: CardInfo, facts: CardFacts, token: str | None = None):
     tags = list(dict.fromkeys(BASE_TAGS + (["lora"] if lora else []) + list(info.tags)))
     title = info.title or facts.repo_id.split("/")[-1]
     hub_datasets = [d for d in info.datasets if REPO_ID.match(d)]
-    widget = [{"text": prompt, "output": {"url": path}} for prompt, path in facts.samples] or None
+    widget = [{"text": prompt, "output": {"url": path}} for prompt, path in facts.samples if prompt] or None
     data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="text-to-image",
@@ -306,12 +321,12 @@ def build_card(info: CardInfo, facts: CardFacts, token: str | None = None):
         widget=widget,
     )
 
-    what = (f"LoRA weights for `{info.base_model or 'its base model'}`" if lora
+    what = (f"LoRA weights for {_base_name(info) or 'its base model'}" if lora
             else "A text-to-image latent diffusion model")
     sections = [f"# {title}", info.description or f"{what}, made with latentdiff."]
     if facts.grid:
         sections.append(f"![sample images]({facts.grid})\n\n*Prompts, left to right and top to bottom: "
-                        + "; ".join(f"“{p}”" for p, _ in facts.samples)
+                        + "; ".join(_shown_prompt(p) for p, _ in facts.samples)
                         + f". Seeds {info.sample_seed}…{info.sample_seed + len(facts.samples) - 1}, "
                           f"{info.sample_steps} steps of {facts.sampler}, guidance {info.sample_guidance:g}; drawn "
                           "by `latentdiff push` with stock diffusers from the uploaded files.*")

@@ -170,7 +170,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="list the files and sizes that would be uploaded, check them with stock diffusers, "
                              "upload nothing")
     parser.add_argument("--base-model", metavar="DIR_OR_REPO_ID",
-                        help="for a LoRA: the base model to load it on for the check and samples (default: the card's)")
+                        help="for a LoRA: the base model to load it on for the check and samples (default: the one its "
+                             "training recorded, found offline)")
     parser.add_argument("--base-model-id", metavar="USER/NAME",
                         help="the base model's repo id, for the card's base_model")
     parser.add_argument("--license", help="licence id for the card (default: card.json's, else apache-2.0)")

@@ -300,8 +300,9 @@ def _write_index(stage: Path, class_name: str | list[str], index: dict[str, Any]
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def load_stock(model: str | Path, trust_remote_code: bool = False):
-    """Load a pipeline folder or repo the way a plain diffusers user would, through `DiffusionPipeline`.
+def load_stock(model: str | Path, trust_remote_code: bool = False, local_files_only: bool = False):
+    """Load a pipeline folder or repo the way a plain diffusers user would, through `DiffusionPipeline`
+    (`local_files_only`: a repo only from the local Hugging Face cache).
 
     A latentdiff folder that still says `_class_name: LatentDiffusionPipeline` (as `save_pretrained` writes it)
     is loaded as what it publishes as: `StableDiffusionPipeline`, when its components are stock.
@@ -313,7 +314,27 @@ def load_stock(model: str | Path, trust_remote_code: bool = False):
         if _is_standard(_read_index(path)):
             return StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False,
                                                            use_safetensors=True)
-    return DiffusionPipeline.from_pretrained(model, use_safetensors=True, trust_remote_code=trust_remote_code)
+    return DiffusionPipeline.from_pretrained(model, use_safetensors=True, trust_remote_code=trust_remote_code,
+                                             local_files_only=local_files_only)
+
+
+def _load_base(base_model: str | None, recorded: str | None, token: str | None):
+    """The pipeline a LoRA is test-loaded on: `base_model` as given (a folder, or a repo id diffusers may download),
+    else the base its folder records, found offline (a folder here, or a repo id in the local Hugging Face cache);
+    a HubError of one line where it cannot be loaded."""
+    name = base_model or recorded
+    where = "given with --base-model" if base_model else "recorded in the LoRA folder"
+    if not base_model and not _is_local_dir(recorded) and not _is_repo_id(recorded):
+        raise HubError(f"the LoRA's base model {recorded} ({where}) is not a folder here; pass --base-model "
+                       "DIR_OR_REPO_ID to test-load it on another copy.")
+    try:
+        with _quiet_loading():
+            return load_stock(name, local_files_only=not base_model and not _is_local_dir(name))
+    except Exception as err:  # a missing or broken base: say which and what to pass
+        message = redact(str(err).strip().splitlines()[0] if str(err).strip() else "", token)
+        offline = "" if base_model or _is_local_dir(name) else " from the local Hugging Face cache"
+        raise HubError(f"cannot load the LoRA's base model {name}{offline} ({where}): {type(err).__name__}: "
+                       f"{message}. Pass --base-model DIR_OR_REPO_ID.") from None
 
 
 def _draw_samples(pipe, info: CardInfo, stage: Path) -> tuple[list[tuple[str, str]], str]:
@@ -418,8 +439,8 @@ def stage_folder(
 ) -> StagedUpload:
     """Build the upload of `folder` (a pipeline folder or a LoRA folder) in `stage_dir`, which must be new or empty.
 
-    `base_model` is a folder or repo id to load a LoRA on for validation and samples (default: the card's
-    base model when it is a local folder); `base_model_id` is the repo id the card names as base model (default:
+    `base_model` is a folder or repo id to load a LoRA on for validation and samples (default: the base model the
+    folder records, found offline: a folder, or a repo in the local Hugging Face cache); `base_model_id` is the repo id the card names as base model (default:
     the card info's, or `base_model` when that is a repo id). `code_dirs` are searched for custom component
     modules after the model folder. The staged folder is loaded with stock diffusers; a failure is a HubError.
     """
@@ -452,28 +473,31 @@ def stage_folder(
     # 2. Which base model the card names, and which one a LoRA is loaded on
     if base_model_id and not _is_repo_id(base_model_id):
         raise HubError(f"--base-model-id must be a hub repo id such as user/name, got {base_model_id!r}.")
-    recorded = info.base_model
+    recorded = info.base_model  # what the folder's training_config.json / card.json name
     card_base = (base_model_id or (recorded if _is_repo_id(recorded) else None)
                  or (base_model if _is_repo_id(base_model) else None))
-    load_base = base_model or (recorded if _is_local_dir(recorded) else None)
     info.base_model = card_base
+    if not card_base and _is_local_dir(base_model or recorded):
+        info.base_model_name = Path(base_model or recorded).name
 
     # 3. Load the staged folder the way a plain diffusers user would, and draw the samples with it
     import diffusers
 
     pipe, validated = None, False
     trust = loader == "remote-code"
-    if kind == "lora" and load_base is None:
-        validation = ("The LoRA was not test-loaded: no local base model was given (pass --base-model DIR).")
+    if kind == "lora" and not (base_model or recorded):
+        validation = ("The LoRA was not test-loaded: its folder records no base model (training_config.json) and "
+                      "none was given (pass --base-model DIR_OR_REPO_ID).")
     else:
         call = ("pipe.load_lora_weights(REPO)" if kind == "lora" else
                 f"DiffusionPipeline.from_pretrained(REPO{', trust_remote_code=True' if trust else ''})")
+        if kind == "lora":
+            pipe = _load_base(base_model, recorded, token)
         if log:
             log(f"checking that stock diffusers loads the staged folder: {call}")
         try:
             with _quiet_loading():
                 if kind == "lora":
-                    pipe = load_stock(load_base)
                     pipe.load_lora_weights(str(stage))
                 else:
                     pipe = load_stock(stage, trust_remote_code=trust)
