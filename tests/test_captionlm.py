@@ -1,0 +1,70 @@
+"""Text-encoder pretraining on captions alone: the next-token objective (latentdiff/captionlm) and its entry point
+(training/pretrain_text_encoder.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from latentdiff.captionlm import next_token_loss
+from latentdiff.presets import build_components
+from latentdiff.training.pretrain_text_encoder import Captions, main
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    parts = build_components("tiny")
+    return parts["tokenizer"], parts["text_encoder"]
+
+
+def test_loss_is_the_cross_entropy_of_the_next_real_token(tiny):
+    tokenizer, encoder = tiny
+    t = tokenizer(["a red circle", "two blue stars above a square"], padding="max_length", return_tensors="pt")
+    loss = next_token_loss(encoder, t.input_ids, t.attention_mask)  # (2,)
+    hidden = encoder(t.input_ids).last_hidden_state
+    logits = hidden @ encoder.get_input_embeddings().weight.T  # tied head
+    for b in range(2):
+        n = int(t.attention_mask[b].sum())  # real tokens: BOS .. EOS
+        expected = F.cross_entropy(logits[b, : n - 1], t.input_ids[b, 1:n])
+        assert loss[b].item() == pytest.approx(expected.item(), rel=1e-5)
+    # padding after the caption is neither input that counts (causal) nor target
+    ids = t.input_ids.clone()
+    ids[0, int(t.attention_mask[0].sum()):] = 5
+    assert torch.allclose(next_token_loss(encoder, ids, t.attention_mask), loss)
+
+
+def test_captions_are_a_sequence_of_the_streams_scenes_or_the_files_lines(tmp_path):
+    stream = Captions("shapesworld:train?n=4&fresh=false&templates=1")
+    assert stream.batch(1, 2) == [stream[2], stream[3]] and stream[5] == stream[1]
+    (tmp_path / "c.txt").write_text("a cat\n\na dog\n", encoding="utf-8")
+    assert Captions(str(tmp_path / "c.txt")).batch(0, 3) == ["a cat", "a dog", "a cat"]
+
+
+def test_pretraining_learns_saves_a_plain_encoder_and_resumes_exactly(tmp_path):
+    common = ["--captions", "shapesworld:train", "--preset", "tiny", "--batch-size", "16", "--max-steps", "6",
+              "--learning-rate", "3e-3", "--lr-warmup-steps", "0", "--checkpoint-every", "3",
+              "--validation-every", "100", "--report-to", "none"]
+    main([*common, "--output-dir", str(tmp_path / "full")])
+    main([*common, "--output-dir", str(tmp_path / "cut"), "--stop-after", "3"])
+    main([*common, "--output-dir", str(tmp_path / "cut"), "--resume", "latest"])
+    full = load_file(tmp_path / "full" / "text_encoder" / "model.safetensors")
+    cut = load_file(tmp_path / "cut" / "text_encoder" / "model.safetensors")
+    assert full.keys() == cut.keys() and all(torch.equal(full[k], cut[k]) for k in full)
+    summary = json.loads((tmp_path / "full" / "training_summary.json").read_text())
+    vocab = len(build_components("tiny")["tokenizer"])
+    assert summary["steps"] == 6 and summary["val_loss"] < math.log(vocab) - 0.2  # ln(vocab): a guess at random
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    CLIPTextModel.from_pretrained(tmp_path / "full" / "text_encoder")
+    CLIPTokenizer.from_pretrained(tmp_path / "full" / "tokenizer")
+
+
+def test_bad_captions_are_one_line_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="--captions"):
+        main(["--captions", str(tmp_path / "none.txt"), "--output-dir", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,171 @@
+"""Pretrain a text encoder on captions alone (next-token prediction, latentdiff/captionlm), with accelerate.
+
+    accelerate launch -m latentdiff.training.pretrain_text_encoder --captions "shapesworld:train" \
+        --preset small --output-dir out/text-lm --max-steps 2000
+
+The encoder is the preset's CLIPTextModel (with --text-layers/--text-width/--text-heads as in train_text_to_image)
+over the preset's tokenizer; the result, `OUTPUT_DIR/text_encoder/` and `OUTPUT_DIR/tokenizer/`, is what
+`train_text_to_image --text-encoder OUTPUT_DIR` starts from instead of random weights (frozen there with
+`--train-text-encoder false`, its embeddings cached). Captions: a ShapesWorld stream (`shapesworld:train?...`, the
+captions of the scenes a text-to-image run on it sees, without rendering them) or a text file, one caption a
+line. Batch k of the run is captions k*B .. (k+1)*B - 1 of that sequence (the file's wrapping around), so a
+resumed run goes on with exactly the batch it would have seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from latentdiff.captionlm import next_token_loss
+from latentdiff.data.procedural import ShapesWorldDataset, ShapesWorldStream, is_procedural
+from latentdiff.data.shapes import scene_at
+from latentdiff.presets import build_components, variant
+from latentdiff.training.checkpoint import resume_progress
+from latentdiff.training.config import parse_config, start_run
+from latentdiff.training.optim import optimizer_and_schedule
+from latentdiff.training.periodic import AfterStep
+from latentdiff.training.run_clock import RunClock
+from latentdiff.training.summary import run_summary, write_summary
+
+
+@dataclass
+class TextPretrainConfig:
+    """Pretrain a text encoder on captions alone (next-token prediction)."""
+
+    captions: str  # "shapesworld:SPLIT?..." (the scenes' captions) or a text file, one caption a line
+    output_dir: str = "out/text-lm"  # checkpoints, logs, and the final text_encoder/ and tokenizer/
+    preset: str = "small"  # the text encoder and tokenizer come from this preset (latentdiff/presets.py)
+    text_layers: int | None = None  # text-encoder layers (None: the preset's)
+    text_width: int | None = None  # text-encoder width (None: the preset's)
+    text_heads: int | None = None  # text-encoder attention heads (None: the preset's)
+    batch_size: int = 256  # captions per step per process
+    max_steps: int = 2000  # optimizer steps (the LR schedule's length)
+    stop_after: int | None = None  # end this invocation after this many steps (a time slot); resume to go on
+    learning_rate: float = 1e-3  # AdamW peak learning rate
+    lr_scheduler: str = "cosine"  # diffusers.optimization schedule
+    lr_warmup_steps: int = 100  # linear warm-up steps
+    weight_decay: float = 1e-2  # AdamW weight decay
+    adam_8bit: bool = False  # bitsandbytes 8-bit AdamW (GPU only)
+    max_grad_norm: float = 1.0  # gradient clipping
+    mixed_precision: str | None = None  # "no", "fp16" or "bf16"; default: accelerate launch's
+    report_to: str | None = "tensorboard"  # "tensorboard", "wandb" or none
+    checkpoint_every: int = 500  # steps between checkpoints
+    keep_checkpoints: int = 2  # checkpoints kept (oldest removed)
+    resume: str | None = None  # "latest" or a checkpoint folder
+    validation_every: int = 500  # steps between held-out losses (next-token cross-entropy, nats)
+    seed: int = 0  # seeds weights (as train_text_to_image's --seed does) and nothing else: the data is a sequence
+
+    def __post_init__(self):
+        for name in ("batch_size", "max_steps", "checkpoint_every", "validation_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
+        if is_procedural(self.captions):
+            ShapesWorldStream.parse(self.captions)
+        elif not Path(self.captions).is_file() or not read_lines(self.captions):
+            raise ValueError(f"--captions {self.captions}: give shapesworld:SPLIT or a text file with one caption a "
+                             "line")
+        self.architecture = variant(self.preset, text_layers=self.text_layers, text_width=self.text_width,
+                                    text_heads=self.text_heads)
+
+
+def read_lines(path: str) -> list[str]:
+    return [line.strip() for line in Path(path).read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+
+
+class Captions:
+    """Caption j of the run's sequence: a ShapesWorld stream's scene j (fresh: a new scene for every j; fixed:
+    scene j mod n), or line j mod N of a file."""
+
+    def __init__(self, source: str):
+        if is_procedural(source):
+            self.dataset, self.lines = ShapesWorldDataset(ShapesWorldStream.parse(source), 64), None
+        else:
+            self.dataset, self.lines = None, read_lines(source)
+
+    def __getitem__(self, j: int) -> str:
+        if self.lines is not None:
+            return self.lines[j % len(self.lines)]
+        s = self.dataset.stream
+        index = self.dataset.scene_index(j % s.n, j // s.n)
+        split = s.split if s.split != "both" else ("train", "heldout")[index % 2]
+        return self.dataset.caption(scene_at(index, s.seed, split))
+
+    def batch(self, k: int, size: int, rank: int = 0, world: int = 1) -> list[str]:
+        start = (k * world + rank) * size
+        return [self[j] for j in range(start, start + size)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(TextPretrainConfig, argv, prog="pretrain_text_encoder")
+    accelerator, out = start_run(cfg, "pretrain_text_encoder")
+
+    # 1. Model (the preset's text encoder, random weights from --seed), optimizer, schedule
+    parts = build_components(cfg.architecture, seed=cfg.seed)
+    tokenizer, text_encoder = parts["tokenizer"], parts["text_encoder"].train()
+    optimizer, lr_schedule = optimizer_and_schedule(cfg, list(text_encoder.parameters()))
+    text_encoder, optimizer, lr_schedule = accelerator.prepare(text_encoder, optimizer, lr_schedule)
+
+    # 2. Data: the caption sequence; held-out captions (a far-away stretch of it, or of the held-out split)
+    captions = Captions(cfg.captions)
+    held_out = Captions(cfg.captions.replace("train", "heldout", 1) if is_procedural(cfg.captions) else cfg.captions)
+    val_texts = held_out.batch(10_000_000, 256)
+
+    def tokens(texts: list[str]):
+        t = tokenizer(texts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+                      return_tensors="pt")
+        return t.input_ids.to(accelerator.device), t.attention_mask.to(accelerator.device)  # (B, 77) each
+
+    @torch.no_grad()
+    def validate(at: int) -> None:
+        model = accelerator.unwrap_model(text_encoder).eval()
+        loss = next_token_loss(model, *tokens(val_texts)).mean().item()
+        model.train()
+        accelerator.log({"val_loss": loss}, step=at)
+        accelerator.print(f"step {at}: held-out next-token loss {loss:.4f} nats")
+
+    # 3. Resume: model, optimizer, LR schedule and RNG states; the step is the data position
+    progress = resume_progress(accelerator, cfg.resume, out)
+    step = progress["step"]
+    clock = RunClock(accelerator, None, progress)
+    stop = min(cfg.max_steps, cfg.stop_after or cfg.max_steps)
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="pretrain_text_encoder",
+               disable=not accelerator.is_main_process)
+    after = AfterStep(accelerator, clock, out, cfg, validate, bar, cfg.batch_size * accelerator.num_processes)
+
+    # 4. Training loop
+    while step < stop:
+        ids, mask = tokens(captions.batch(step, cfg.batch_size, accelerator.process_index, accelerator.num_processes))
+        loss = next_token_loss(text_encoder, ids, mask)  # (B,)
+        accelerator.backward(loss.mean())
+        accelerator.clip_grad_norm_(text_encoder.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        lr_schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if after(step, 0, step, loss=loss.mean().item(), lr=lr_schedule.get_last_lr()[0]):
+            break
+    bar.close()
+    clock.stop()
+
+    # 5. The final text_encoder/ and tokenizer/ folders, and the run summary
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(text_encoder).eval()
+        with torch.no_grad():
+            final = next_token_loss(model, *tokens(val_texts)).mean().item()
+        model.save_pretrained(out / "text_encoder")
+        tokenizer.save_pretrained(out / "tokenizer")
+        write_summary(run_summary(accelerator, clock, step=step, first_step=progress["step"],
+                                  images_seen=after.images_seen, val_loss=final,
+                                  parameters=sum(p.numel() for p in model.parameters())), out)
+        accelerator.print(f"held-out next-token loss {final:.4f} nats; wrote {out / 'text_encoder'}")
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    from latentdiff.training.config import run_entry_point
+
+    run_entry_point(main)
