@@ -68,3 +68,31 @@ def test_bad_captions_are_one_line_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="--captions"):
         main(["--captions", str(tmp_path / "none.txt"), "--output-dir", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.usefixtures("fresh_accelerator_state")
+def test_a_from_scratch_run_starts_from_the_pretrained_encoder_and_keeps_it_frozen(tmp_path):
+    from latentdiff import build_pipeline
+    from latentdiff.data.shapes import write_dataset
+    from latentdiff.training import train_text_to_image
+    from latentdiff.training.config import parse_config
+
+    main(["--captions", "shapesworld:train", "--preset", "tiny", "--batch-size", "8", "--max-steps", "2",
+          "--output-dir", str(tmp_path / "lm"), "--report-to", "none", "--text-width", "64", "--text-heads", "4"])
+    write_dataset(tmp_path / "data", n=8, size=16, seed=0, progress=False)
+    build_pipeline("tiny").vae.save_pretrained(tmp_path / "vae")
+    argv = ["--preset", "tiny", "--vae", str(tmp_path / "vae"), "--train-data", str(tmp_path / "data"),
+            "--resolution", "16", "--batch-size", "4", "--max-steps", "2", "--output-dir", str(tmp_path / "run"),
+            "--text-encoder", str(tmp_path / "lm"), "--validation-steps", "1", "--report-to", "none"]
+    cfg = parse_config(train_text_to_image.TextToImageConfig, argv)
+    assert cfg.train_text_encoder is False  # frozen by default: its embeddings are cached
+    train_text_to_image.main(argv)
+    pretrained = load_file(tmp_path / "lm" / "text_encoder" / "model.safetensors")
+    final = load_file(tmp_path / "run" / "pipeline" / "text_encoder" / "model.safetensors")
+    assert all(torch.equal(pretrained[k], final[k]) for k in pretrained)
+    unet = json.loads((tmp_path / "run" / "pipeline" / "unet" / "config.json").read_text())
+    assert unet["cross_attention_dim"] == 64  # the UNet attends to the pretrained encoder's width
+    with pytest.raises(ValueError, match="brings its own size"):
+        parse_config(train_text_to_image.TextToImageConfig, [*argv, "--text-layers", "3"])
+    with pytest.raises(ValueError, match="has no text_encoder/config.json"):
+        parse_config(train_text_to_image.TextToImageConfig, [*argv[:-4], "--text-encoder", str(tmp_path)])

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import torch
 from accelerate import Accelerator
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from tqdm.auto import tqdm
 
 from latentdiff.data.dataset import DataConfig
@@ -103,6 +104,8 @@ class TextToImageConfig:
     text_layers: int | None = None  # from scratch: text-encoder layers
     text_width: int | None = None  # from scratch: text-encoder width (the UNet's cross-attention width follows)
     text_heads: int | None = None  # from scratch: text-encoder attention heads
+    text_encoder: str | None = None  # from scratch: pretrain_text_encoder's output folder to start the text encoder
+    # (and tokenizer) from instead of random weights; frozen, its embeddings cached, unless --train-text-encoder
     pretrained: str | None = None  # pipeline folder or hub id to fine-tune (instead of --preset)
     vae: str | None = None  # trained VAE folder (train_vae's output/vae); required from scratch
     resolution: int = 64  # square training crops (pixels); with --bucketing the pixel budget is resolution**2
@@ -203,8 +206,18 @@ class TextToImageConfig:
             # recorded as an absolute path in training_config.json, so that `latentdiff push` finds a LoRA's base
             # from wherever it runs
             self.pretrained = str(Path(self.pretrained).resolve())
+        if self.text_encoder is not None:
+            if self.pretrained is not None:
+                raise ValueError("--text-encoder starts a from-scratch run's text encoder; a --pretrained pipeline "
+                                 "has its own: drop one of them.")
+            if any(v is not None for v in (self.text_layers, self.text_width, self.text_heads)):
+                raise ValueError("--text-encoder brings its own size: drop --text-layers/--text-width/--text-heads.")
+            for sub in ("text_encoder/config.json", "tokenizer"):
+                if not (Path(self.text_encoder) / sub).exists():
+                    raise ValueError(f"--text-encoder {self.text_encoder} has no {sub}: give pretrain_text_encoder's "
+                                     "output folder.")
         if self.train_text_encoder is None:
-            self.train_text_encoder = self.pretrained is None
+            self.train_text_encoder = self.pretrained is None and self.text_encoder is None
         if self.pretrained is None:
             architecture(self)  # ValueError now for sizes that do not fit, not after loading the data
         check_hub_arguments(self)  # before training, not after: a missing token or repo id fails now
@@ -268,6 +281,10 @@ def load_models(cfg: TextToImageConfig) -> dict:
         preset = fit_unet(architecture(cfg), cfg.process, vae.config.latent_channels, cfg.resolution // factor)
         parts = build_components(preset, seed=cfg.seed)
         base = preset.process
+        if cfg.text_encoder is not None:  # a pretrained text encoder (training/pretrain_text_encoder.py)
+            parts["text_encoder"] = CLIPTextModel.from_pretrained(Path(cfg.text_encoder) / "text_encoder",
+                                                                  use_safetensors=True).eval()
+            parts["tokenizer"] = CLIPTokenizer.from_pretrained(Path(cfg.text_encoder) / "tokenizer")
     if cfg.vae is not None:
         parts["vae"] = AutoencoderKL.from_pretrained(cfg.vae, use_safetensors=True)
     parts["process"] = objective_row(cfg.process).scheduler_config(cfg, base, cfg.pretrained is not None)
@@ -275,10 +292,15 @@ def load_models(cfg: TextToImageConfig) -> dict:
 
 
 def architecture(cfg: TextToImageConfig):
-    """The preset of a from-scratch run with the run's architecture options applied."""
+    """The preset of a from-scratch run with the run's architecture options applied (a --text-encoder's size for
+    the text encoder's: the UNet's cross-attention width follows it)."""
+    text = (cfg.text_layers, cfg.text_width, cfg.text_heads)
+    if cfg.text_encoder is not None:
+        c = CLIPTextConfig.from_pretrained(Path(cfg.text_encoder) / "text_encoder")
+        text = (c.num_hidden_layers, c.hidden_size, c.num_attention_heads)
     return variant(cfg.preset, unet_blocks=cfg.unet_blocks, unet_attention=cfg.unet_attention,
                    unet_layers_per_block=cfg.unet_layers_per_block, unet_head_dim=cfg.unet_head_dim,
-                   text_layers=cfg.text_layers, text_width=cfg.text_width, text_heads=cfg.text_heads)
+                   text_layers=text[0], text_width=text[1], text_heads=text[2])
 
 
 def add_lora(unet: UNet2DConditionModel, text_encoder, rank: int, train_text_encoder: bool) -> None:
