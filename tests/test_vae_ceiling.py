@@ -84,6 +84,22 @@ def test_eval_reference_command_prints_the_table_and_writes_json(tmp_path, capsy
     assert rep["overall"] == 1.0 and rep["metrics"]["heldout/overall"] == 1.0 and (tmp_path / "r.png").is_file()
 
 
+def test_eval_reference_vae_takes_a_vae_folder_alone_or_the_pipeline_holding_it(tmp_path, capsys):
+    pipe = build_pipeline("tiny", seed=0)
+    pipe.save_pretrained(tmp_path / "pipe")
+    pipe.vae.save_pretrained(tmp_path / "vae")  # train_vae's OUTPUT/vae, assets/vae-shapes
+    for name in ("vae", "pipe"):
+        argv = ["eval", "--model", str(tmp_path / name), "--prompts", INDIST, "--reference", "vae",
+                "--json", str(tmp_path / f"{name}.json")]
+        assert main(argv) == 0
+    assert f"{tmp_path / 'vae'} (VAE)" in capsys.readouterr().out
+    alone, in_pipe = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("vae", "pipe"))
+    assert alone["overall"] == in_pipe["overall"] and alone["categories"] == in_pipe["categories"]
+    assert alone["settings"]["psnr_db"] == pytest.approx(in_pipe["settings"]["psnr_db"])
+    direct = evaluate_reference(INDIST, "vae", pipe.vae, size=16)
+    assert alone["overall"] == direct.overall
+
+
 # ---------------------------------------------------------------------------------------------- procedural data
 def test_shapesworld_stream_parses_and_refuses_bad_options():
     assert ShapesWorldStream.parse("shapesworld:heldout?seed=3&n=10&fresh=false") == ShapesWorldStream(

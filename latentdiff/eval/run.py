@@ -174,7 +174,8 @@ def merge_into_model_card(model_dir: Path, rep: dict[str, Any]) -> Path:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="pipeline folder, hub repo id or preset:NAME (default: the default model)")
+    p.add_argument("--model", help="pipeline folder, hub repo id or preset:NAME (default: the default model); with "
+                   "--reference vae also a VAE folder on its own (train_vae's OUTPUT/vae)")
     p.add_argument("--genie-head", help="a GENIE head folder for the taylor2 sampler (distill_genie's genie_head/)")
     p.add_argument("--prompts", required=True, help="prompt set, JSON lines (e.g. assets/prompts/indist.jsonl)")
     p.add_argument("--sampler", default=DEFAULTS["sampler"], help=f"named sampler (default {DEFAULTS['sampler']})")
@@ -244,13 +245,32 @@ def vae_ceiling(pipe, prompts_path: str) -> EvalResult | None:
     return evaluate_reference(prompts_path, "vae", pipe.vae, size=size)
 
 
+def _is_vae_folder(model: str) -> bool:
+    """True for a folder holding an AutoencoderKL alone (config.json of that class, no model_index.json)."""
+    config = Path(model) / "config.json"
+    if not config.is_file() or (Path(model) / "model_index.json").exists():
+        return False
+    try:
+        return json.loads(config.read_text()).get("_class_name") == "AutoencoderKL"
+    except (ValueError, AttributeError):
+        return False
+
+
 def run_reference(args: argparse.Namespace) -> int:
     """`latentdiff eval --reference render|vae`: the same table and JSON for ground-truth pictures."""
     from latentdiff.eval.reference import evaluate_reference
     from latentdiff.loading import load_model, model_flags
 
     vae, size, source = None, 64, "ShapesWorld renders"
-    if args.reference == "vae":
+    if args.reference == "vae" and args.model is not None and _is_vae_folder(args.model):
+        # a VAE on its own (train_vae's OUTPUT/vae, assets/vae-shapes): its images are its config's sample_size
+        from diffusers import AutoencoderKL
+
+        from latentdiff.loading import resolve_device
+
+        vae = AutoencoderKL.from_pretrained(args.model).to(resolve_device(args.device))
+        size, source = int(vae.config.sample_size), f"{args.model} (VAE)"
+    elif args.reference == "vae":
         loaded = load_model(args.model, device=args.device)
         vae, size = loaded.pipe.vae, loaded.pipe.unet.config.sample_size * loaded.pipe.vae_scale_factor
         source = f"{loaded.source} (VAE)"
