@@ -251,6 +251,16 @@ def _add_shapes(sub) -> None:
                                     "metadata.jsonl (caption + scene spec) and a README that states the splits.")
 
 
+def _add_glyphs(sub) -> None:
+    _add_module_command(sub, "glyphs", "latentdiff.data.glyphs",
+                        help="write a captioned glyph dataset from the DejaVu fonts matplotlib ships",
+                        description="Render characters of fonts (default: matplotlib's DejaVu Sans and Serif, "
+                                    "regular and bold) with FreeType, black on white, captioned with their Unicode "
+                                    "names and the font's style (\"latin capital letter a, bold serif\"), as a "
+                                    "Hugging Face imagefolder with a README.txt naming the fonts and their licence. "
+                                    "Needs matplotlib.")
+
+
 # ---------------------------------------------------------------------------------------------- eval
 def _add_eval(sub) -> None:
     _add_module_command(sub, "eval", "latentdiff.eval.run", help="score a model on a ShapesWorld prompt set (GenEval-style categories)",
@@ -279,8 +289,8 @@ def _add_export(sub) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- main
-COMMANDS: list[Callable] = [_add_generate, _add_eval, _add_bench, _add_shapes, _add_info, _add_serve, _add_push,
-                             _add_export]
+COMMANDS: list[Callable] = [_add_generate, _add_eval, _add_bench, _add_shapes, _add_glyphs, _add_info, _add_serve,
+                             _add_push, _add_export]
 
 
 def build_parser() -> Parser:

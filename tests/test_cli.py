@@ -103,7 +103,7 @@ def test_top_level_help_lists_every_command_without_importing_torch():
         return set(re.findall(r"^    (\S+)", text, re.M))
 
     text, imported = _main_in_fresh_process("--help")
-    assert listed(text) == {"generate", "eval", "bench", "shapes", "info", "serve", "push", "export"}, text
+    assert listed(text) == {"generate", "eval", "bench", "shapes", "glyphs", "info", "serve", "push", "export"}, text
     assert imported == []
     text, imported = _main_in_fresh_process("bench", "--help")
     assert listed(text) == {bench.name for bench in BENCHES}, text

@@ -5,6 +5,7 @@
     samplers       latent RMSE, score and s/image of samplers vs NFE (samplers.py)
     time-to-image  the fastest configuration with a correct image vs stock's default (time_to_image.py)
     speedrun       training recipes raced for a budget of training minutes: score vs minutes (speedrun.py)
+    fine-tune      whether fine-tunes moved toward their training images: distance and retrieval (fine_tune.py)
 
 `BENCHES` is the one list `latentdiff bench` registers its subcommands from: each module has `add_arguments(parser)`
 and `run(args) -> int`.
@@ -44,6 +45,12 @@ BENCHES: list[Bench] = [
           "Train each recipe from scratch in budget slices, score it on a fixed category-balanced prompt subset "
           "after every slice, and write score vs training minutes for all recipes to speedrun.json and "
           "speedrun.png in --out. Points already measured there are kept, so a stopped speedrun goes on."),
+    Bench("fine-tune", "whether fine-tunes moved toward their training images, against the base model",
+          "Draw a seeded subset of the training captions (those that name one image) with the base model and each "
+          "tuned model (pipeline folders, or LoRA folders loaded onto --base), same seeds, and measure the pixel "
+          "RMSE of each generation to its own training image and how often that image is the nearest (top-1, "
+          "top-5). Prints a table with ratios to the base; writes fine_tune.json and fine_tune.png (training "
+          "image, base, tuned per caption) to --out."),
 ]
 
 

@@ -15,7 +15,6 @@ the speedup is the stock baseline's seconds per image over its seconds per image
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from latentdiff.bench.samplers import int_list, plan_batches, select_prompts
-from latentdiff.bench.report import figure, save_figure
+from latentdiff.bench.report import figure, save_figure, write_report
 from latentdiff.eval.seeded import generators
 from latentdiff.eval.prompts import PromptSpec, read_prompt_set
 from latentdiff.eval.run import score_images
@@ -283,9 +282,5 @@ def run(args: argparse.Namespace) -> int:
         f"--images-per-prompt={args.images_per_prompt}", f"--seed={args.seed}", f"--out={args.out}"]
     command = "latentdiff bench time-to-image " + shlex.join(flags)
     print(result.table())
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "time_to_image.json").write_text(json.dumps(result.to_json(command), indent=2) + "\n")
-    write_plot(result, out / "time_to_image.png")
-    print(f"wrote {out / 'time_to_image.json'}, {out / 'time_to_image.png'}")
+    write_report(args.out, "time_to_image", result.to_json(command), lambda path: write_plot(result, path))
     return 0
