@@ -102,6 +102,20 @@ def test_bench_end_to_end(models, tmp_path, capsys):
                                "retrieval_top5_change": 0.0}
     assert perturbed["metrics"]["own_rmse"] != same["metrics"]["own_rmse"]
     assert lora["metrics"]["own_rmse"] != same["metrics"]["own_rmse"]  # the LoRA was loaded and changed the images
+    # the floor: the training images through the base's VAE, computed here independently of the bench
+    floor = report["vae_floor"]
+    assert set(floor) == {"metrics", "vs_base"} and "through the VAE" in printed
+    from latentdiff.bench.fine_tune import read_subset
+    from latentdiff.pipelines import LatentDiffusionPipeline
+
+    vae = LatentDiffusionPipeline.from_pretrained(str(base)).vae
+    subset = read_subset(str(models / "glyphs"), report["resolution"], 6, 0)
+    with torch.no_grad():
+        z = vae.encode(subset.images * 2 - 1).latent_dist.mode()
+        rebuilt = (vae.decode(z).sample.clamp(-1, 1) + 1) / 2
+    assert floor["metrics"] == pytest.approx(nearest_neighbour_metrics(rebuilt, subset.images), abs=1e-6)
+    assert floor["vs_base"]["own_rmse_ratio"] == pytest.approx(
+        floor["metrics"]["own_rmse"] / report["models"][0]["metrics"]["own_rmse"])
     rows = report["per_caption"]
     assert len(rows) == 6 and [r["seed"] for r in rows] == list(range(6))
     captions = {json.loads(line)["text"] for line in (models / "glyphs" / "metadata.jsonl").read_text().splitlines()}

@@ -14,6 +14,10 @@ training reads them (`latentdiff.data`: resized to cover the model's resolution 
                 training images (k = 1 and 5); ties go to the own image (only training images strictly closer
                 count against it). Chance is k / number of captions.
 
+The same metrics for the training images passed through the base's VAE (encode, posterior mean, decode) give the
+floor: no fine-tune that keeps the VAE draws closer than its own decoder reconstructs (a VAE trained on other
+pictures may not reproduce these at all; `vae_floor` in the JSON, "through the VAE" in the table).
+
 A fine-tune that learnt its data lowers own_rmse and raises retrieval against the base model; the table and
 fine_tune.json give each model's numbers and their ratio to (or change from) the base's. fine_tune.png shows the
 first `GRID_ROWS` captions: the training image, the base's generation and each tuned model's.
@@ -32,6 +36,7 @@ from typing import Any, Sequence
 import torch
 
 from latentdiff.bench.report import figure, save_figure, write_report
+from latentdiff.eval.reference import vae_roundtrip
 from latentdiff.eval.seeded import generate_seeded, plan_batches
 
 GRID_ROWS = 8  # captions shown in fine_tune.png
@@ -196,6 +201,8 @@ class ModelResult:
 
     @property
     def label(self) -> str:
+        if self.role == "floor":
+            return self.model
         return f"{self.role}: {self.model}" + (" (LoRA)" if self.kind == LORA else "")
 
     @property
@@ -209,6 +216,7 @@ class FineTuneResult:
     data: str
     subset: Subset
     models: list[ModelResult]  # the base first
+    vae_floor: ModelResult  # the training images through the base's VAE: the closest a generation can come
     seed: int
     steps: int
     guidance: float
@@ -228,7 +236,7 @@ class FineTuneResult:
         out = [f"{n} captions of {self.data} ({self.subset.eligible} name one image; seed {self.seed}), "
                f"{self.steps} steps, guidance {self.guidance:g}, {self.resolution}x{self.resolution}, {self.device}",
                f"{'model':<{width}}{'own RMSE':>9}{'x base':>8}{'nearest':>9}{'x base':>8}{'top-1':>7}{'top-5':>7}"]
-        for r in self.models:
+        for r in [*self.models, self.vae_floor]:
             vs, m = self.vs_base(r), r.metrics
             ratios = [f"{v:>8.3f}" if v is not None else f"{'-':>8}" for v in (vs["own_rmse_ratio"],
                                                                                  vs["nearest_rmse_ratio"])]
@@ -236,7 +244,8 @@ class FineTuneResult:
                        f"{m['retrieval_top1']:>7.3f}{m['retrieval_top5']:>7.3f}")
         out.append(f"own RMSE: pixel RMSE in [0, 1] between a caption's generation and its own training image; "
                    f"nearest: to the closest training image of the {n}; top-k: own image among the k nearest "
-                   f"(chance {1 / n:.3f} / {min(5, n) / n:.3f}). Lower RMSE and higher top-k: closer to the data.")
+                   f"(chance {1 / n:.3f} / {min(5, n) / n:.3f}). Lower RMSE and higher top-k: closer to the data; "
+                   f"'through the VAE' is the floor no fine-tune that keeps the VAE can pass.")
         return "\n".join(out)
 
     def to_json(self, command: str = "") -> dict[str, Any]:
@@ -248,6 +257,7 @@ class FineTuneResult:
                        for k in TOP_K},
             "models": [{"role": r.role, "model": r.model, "kind": r.kind, "metrics": r.metrics,
                         "vs_base": self.vs_base(r)} for r in self.models],
+            "vae_floor": {"metrics": self.vae_floor.metrics, "vs_base": self.vs_base(self.vae_floor)},
             "per_caption": [{"caption": c, "file_name": f, "seed": self.seed + i,
                              "own_rmse": {r.label: r.own_rmse[i] for r in self.models}}
                             for i, (c, f) in enumerate(zip(self.subset.captions, self.subset.file_names))],
@@ -259,6 +269,8 @@ class FineTuneResult:
                 "retrieval_topk": "fraction of generations whose own training image is among the k nearest of the "
                                   "subset's training images (ties count for the own image)",
                 "vs_base": "tuned / base for distances (< 1: closer to the data), tuned - base for retrieval",
+                "vae_floor": "the same metrics for the training images encoded (posterior mean) and decoded by the "
+                             "base's VAE: the closest any generation through that VAE can come",
             },
             "command": command,
         }
@@ -288,6 +300,9 @@ def bench_fine_tune(base: str, tuned: list[str], data: str, *, max_captions: int
     resolution = base_pipe.unet.config.sample_size * base_pipe.vae_scale_factor
     subset = read_subset(data, resolution, max_captions, seed)
     device_name = str(base_pipe._execution_device)
+    through_vae = (vae_roundtrip(base_pipe.vae, subset.images * 2 - 1) + 1) / 2  # (N, 3, H, W) in [0, 1]
+    floor = ModelResult("floor", "through the VAE", "vae", nearest_neighbour_metrics(through_vae, subset.images),
+                        rmse_matrix(through_vae, subset.images).diagonal().tolist(), through_vae)
     # 3. Generate and measure, one model at a time
     rows = []
     jobs = [("base", base, "pipeline")] + [("tuned", t, k) for t, k in zip(tuned, kinds)]
@@ -299,14 +314,15 @@ def bench_fine_tune(base: str, tuned: list[str], data: str, *, max_captions: int
         own = rmse_matrix(images, subset.images).diagonal()
         rows.append(ModelResult(role, model, kind, nearest_neighbour_metrics(images, subset.images),
                                 own.tolist(), images))
-    return FineTuneResult(data, subset, rows, seed, steps, guidance, resolution, device_name)
+    return FineTuneResult(data, subset, rows, floor, seed, steps, guidance, resolution, device_name)
 
 
 def write_grid(result: FineTuneResult, path: str | Path) -> Path:
-    """PNG: one row per caption (the first GRID_ROWS), columns: training image, base, each tuned model; under
-    each generation its distance to the training image."""
+    """PNG: one row per caption (the first GRID_ROWS), columns: training image, the same through the VAE (the
+    floor), base, each tuned model; under each its distance to the training image."""
     rows = min(GRID_ROWS, len(result.subset.captions))
-    columns = [("training image", result.subset.images, None)] + [
+    columns = [("training image", result.subset.images, None),
+               ("through the VAE", result.vae_floor.images, result.vae_floor.own_rmse)] + [
         (r.short if r.role == "tuned" else "base", r.images, r.own_rmse) for r in result.models]
     fig, axes = figure(rows, len(columns), figsize=(1.4 * len(columns) + 2.2, 1.45 * rows), squeeze=False)
     for i in range(rows):
