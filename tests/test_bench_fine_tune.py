@@ -114,6 +114,10 @@ def test_bench_end_to_end(models, tmp_path, capsys):
         z = vae.encode(subset.images * 2 - 1).latent_dist.mode()
         rebuilt = (vae.decode(z).sample.clamp(-1, 1) + 1) / 2
     assert floor["metrics"] == pytest.approx(nearest_neighbour_metrics(rebuilt, subset.images), abs=1e-6)
+    for row in report["models"]:  # every model again, against the reconstructions
+        assert set(row["vae_space"]) == set(row["metrics"]) and row["vae_space"] != row["metrics"]
+    assert report["models"][1]["vae_space"] == report["models"][0]["vae_space"]  # the base again: the same
+    assert "through the VAE (what a fine-tune" in printed
     assert floor["vs_base"]["own_rmse_ratio"] == pytest.approx(
         floor["metrics"]["own_rmse"] / report["models"][0]["metrics"]["own_rmse"])
     rows = report["per_caption"]

@@ -16,7 +16,9 @@ training reads them (`latentdiff.data`: resized to cover the model's resolution 
 
 The same metrics for the training images passed through the base's VAE (encode, posterior mean, decode) give the
 floor: no fine-tune that keeps the VAE draws closer than its own decoder reconstructs (a VAE trained on other
-pictures may not reproduce these at all; `vae_floor` in the JSON, "through the VAE" in the table).
+pictures may not reproduce these at all; `vae_floor` in the JSON, "through the VAE" in the table). So every
+model is also measured against those reconstructions (`vae_space`, the table's second block): what the fine-tune
+learns toward, without the part of the distance the VAE cannot draw (a ShapesWorld VAE turns white grey).
 
 A fine-tune that learnt its data lowers own_rmse and raises retrieval against the base model; the table and
 fine_tune.json give each model's numbers and their ratio to (or change from) the base's. fine_tune.png shows the
@@ -41,6 +43,7 @@ from latentdiff.eval.seeded import generate_seeded, plan_batches
 
 GRID_ROWS = 8  # captions shown in fine_tune.png
 TOP_K = (1, 5)  # retrieval_top1, retrieval_top5
+VAE_SPACE = "against the training images through the VAE (what a fine-tune that keeps the VAE learns toward)"
 
 
 # ---------------------------------------------------------------------------------------------- the metrics
@@ -195,7 +198,8 @@ class ModelResult:
     role: str  # "base" or "tuned"
     model: str  # as given on the command line
     kind: str  # "pipeline" or LORA
-    metrics: dict[str, float]  # nearest_neighbour_metrics
+    metrics: dict[str, float]  # nearest_neighbour_metrics against the training images
+    vae_space: dict[str, float]  # the same against the training images through the VAE (see VAE_SPACE)
     own_rmse: list[float]  # per caption: distance to its own training image
     images: torch.Tensor  # (N, 3, H, W) in [0, 1], not written to JSON
 
@@ -223,25 +227,29 @@ class FineTuneResult:
     resolution: int
     device: str
 
-    def vs_base(self, row: ModelResult) -> dict[str, float | None]:
-        """Ratios of the distances to the base's (< 1: closer to the data) and changes of retrieval."""
-        base = self.models[0].metrics
-        ratio = {f"{m}_ratio": (row.metrics[m] / base[m] if base[m] else None) for m in ("own_rmse", "nearest_rmse")}
-        return ratio | {f"retrieval_top{k}_change": row.metrics[f"retrieval_top{k}"] - base[f"retrieval_top{k}"]
+    def vs_base(self, row: ModelResult, space: str = "metrics") -> dict[str, float | None]:
+        """Ratios of the distances to the base's (< 1: closer to the data) and changes of retrieval, in `space`
+        ("metrics": against the training images; "vae_space": against them through the VAE)."""
+        base, own = getattr(self.models[0], space), getattr(row, space)
+        ratio = {f"{m}_ratio": (own[m] / base[m] if base[m] else None) for m in ("own_rmse", "nearest_rmse")}
+        return ratio | {f"retrieval_top{k}_change": own[f"retrieval_top{k}"] - base[f"retrieval_top{k}"]
                         for k in TOP_K}
 
     def table(self) -> str:
         n = len(self.subset.captions)
         width = max(len(r.label) for r in self.models) + 2
         out = [f"{n} captions of {self.data} ({self.subset.eligible} name one image; seed {self.seed}), "
-               f"{self.steps} steps, guidance {self.guidance:g}, {self.resolution}x{self.resolution}, {self.device}",
-               f"{'model':<{width}}{'own RMSE':>9}{'x base':>8}{'nearest':>9}{'x base':>8}{'top-1':>7}{'top-5':>7}"]
-        for r in [*self.models, self.vae_floor]:
-            vs, m = self.vs_base(r), r.metrics
-            ratios = [f"{v:>8.3f}" if v is not None else f"{'-':>8}" for v in (vs["own_rmse_ratio"],
-                                                                                 vs["nearest_rmse_ratio"])]
-            out.append(f"{r.label:<{width}}{m['own_rmse']:>9.4f}{ratios[0]}{m['nearest_rmse']:>9.4f}{ratios[1]}"
-                       f"{m['retrieval_top1']:>7.3f}{m['retrieval_top5']:>7.3f}")
+               f"{self.steps} steps, guidance {self.guidance:g}, {self.resolution}x{self.resolution}, {self.device}"]
+        for space, title, rows in (("metrics", "against the training images", [*self.models, self.vae_floor]),
+                                   ("vae_space", VAE_SPACE, self.models)):
+            out += [title, f"{'model':<{width}}{'own RMSE':>9}{'x base':>8}{'nearest':>9}{'x base':>8}{'top-1':>7}"
+                           f"{'top-5':>7}"]
+            for r in rows:
+                vs, m = self.vs_base(r, space), getattr(r, space)
+                ratios = [f"{v:>8.3f}" if v is not None else f"{'-':>8}" for v in (vs["own_rmse_ratio"],
+                                                                                     vs["nearest_rmse_ratio"])]
+                out.append(f"{r.label:<{width}}{m['own_rmse']:>9.4f}{ratios[0]}{m['nearest_rmse']:>9.4f}{ratios[1]}"
+                           f"{m['retrieval_top1']:>7.3f}{m['retrieval_top5']:>7.3f}")
         out.append(f"own RMSE: pixel RMSE in [0, 1] between a caption's generation and its own training image; "
                    f"nearest: to the closest training image of the {n}; top-k: own image among the k nearest "
                    f"(chance {1 / n:.3f} / {min(5, n) / n:.3f}). Lower RMSE and higher top-k: closer to the data; "
@@ -256,7 +264,8 @@ class FineTuneResult:
             "chance": {f"retrieval_top{k}": min(k, len(self.subset.captions)) / len(self.subset.captions)
                        for k in TOP_K},
             "models": [{"role": r.role, "model": r.model, "kind": r.kind, "metrics": r.metrics,
-                        "vs_base": self.vs_base(r)} for r in self.models],
+                        "vs_base": self.vs_base(r), "vae_space": r.vae_space,
+                        "vae_space_vs_base": self.vs_base(r, "vae_space")} for r in self.models],
             "vae_floor": {"metrics": self.vae_floor.metrics, "vs_base": self.vs_base(self.vae_floor)},
             "per_caption": [{"caption": c, "file_name": f, "seed": self.seed + i,
                              "own_rmse": {r.label: r.own_rmse[i] for r in self.models}}
@@ -271,6 +280,9 @@ class FineTuneResult:
                 "vs_base": "tuned / base for distances (< 1: closer to the data), tuned - base for retrieval",
                 "vae_floor": "the same metrics for the training images encoded (posterior mean) and decoded by the "
                              "base's VAE: the closest any generation through that VAE can come",
+                "vae_space": "the same metrics with the training images through the base's VAE as the reference: "
+                             "what a fine-tune that keeps the VAE learns toward, without the part of the distance "
+                             "(e.g. a background colour) that the VAE cannot draw",
             },
             "command": command,
         }
@@ -302,6 +314,7 @@ def bench_fine_tune(base: str, tuned: list[str], data: str, *, max_captions: int
     device_name = str(base_pipe._execution_device)
     through_vae = (vae_roundtrip(base_pipe.vae, subset.images * 2 - 1) + 1) / 2  # (N, 3, H, W) in [0, 1]
     floor = ModelResult("floor", "through the VAE", "vae", nearest_neighbour_metrics(through_vae, subset.images),
+                        nearest_neighbour_metrics(through_vae, through_vae),
                         rmse_matrix(through_vae, subset.images).diagonal().tolist(), through_vae)
     # 3. Generate and measure, one model at a time
     rows = []
@@ -313,7 +326,7 @@ def bench_fine_tune(base: str, tuned: list[str], data: str, *, max_captions: int
         del pipe
         own = rmse_matrix(images, subset.images).diagonal()
         rows.append(ModelResult(role, model, kind, nearest_neighbour_metrics(images, subset.images),
-                                own.tolist(), images))
+                                nearest_neighbour_metrics(images, through_vae), own.tolist(), images))
     return FineTuneResult(data, subset, rows, floor, seed, steps, guidance, resolution, device_name)
 
 
