@@ -313,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         status = args.func(args)  # None or 0: success; a handler that reports its own failure returns non-zero
     except USER_ERRORS as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"latentdiff {args.command}: error: {message}", file=sys.stderr)
+        command = " ".join(filter(None, (args.command, getattr(args, "bench", None))))  # "bench fine-tune"
+        print(f"latentdiff {command}: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("latentdiff: interrupted", file=sys.stderr)

@@ -130,6 +130,7 @@ def _one_line_error(argv, capsys, message):
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err, err
+    assert err.startswith("latentdiff bench fine-tune: error: "), err
 
 
 def test_refusals_are_one_line(models, tmp_path, capsys):
