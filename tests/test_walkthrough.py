@@ -44,6 +44,9 @@ def test_the_readme_block_is_what_this_test_expects():
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 16, part 5, open: on the current default model neither 15-minute "
+                   "fine-tune draws measurably closer to its glyphs (README, 'Fine-tune on your own images'); strict, "
+                   "so the day it passes this marker must go")
 def test_the_walkthrough_moves_generations_toward_their_training_images(tmp_path, report):
     (tmp_path / "assets").symlink_to(ROOT / "assets")
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf-home"))
@@ -72,9 +75,10 @@ def test_the_walkthrough_moves_generations_toward_their_training_images(tmp_path
         report(f"{row['model']}: own RMSE {m['own_rmse']:.4f}, nearest {m['nearest_rmse']:.4f}, "
                f"top-1 {m['retrieval_top1']:.3f}, top-5 {m['retrieval_top5']:.3f}")
     for row in tuned:
-        vs = row["vs_base"]
-        # measurably closer: the distances by a tenth or more, and retrieval up
+        # measured against the training images as the base's VAE draws them (a fine-tune keeps the VAE, and the
+        # default model's VAE turns white grey): distances down by a tenth or more, retrieval up by 5 of 64 or more
+        vs = row["vae_space_vs_base"]
         assert vs["own_rmse_ratio"] < 0.9, row
         assert vs["nearest_rmse_ratio"] < 0.9, row
-        assert vs["retrieval_top1_change"] > 0 and vs["retrieval_top5_change"] > 0, row
+        assert vs["retrieval_top1_change"] >= 5 / 64 and vs["retrieval_top5_change"] >= 5 / 64, row
     assert (tmp_path / "out" / "glyphs-bench" / "fine_tune.png").stat().st_size > 10_000
