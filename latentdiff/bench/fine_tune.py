@@ -313,9 +313,14 @@ def bench_fine_tune(base: str, tuned: list[str], data: str, *, max_captions: int
     subset = read_subset(data, resolution, max_captions, seed)
     device_name = str(base_pipe._execution_device)
     through_vae = (vae_roundtrip(base_pipe.vae, subset.images * 2 - 1) + 1) / 2  # (N, 3, H, W) in [0, 1]
-    floor = ModelResult("floor", "through the VAE", "vae", nearest_neighbour_metrics(through_vae, subset.images),
-                        nearest_neighbour_metrics(through_vae, through_vae),
-                        rmse_matrix(through_vae, subset.images).diagonal().tolist(), through_vae)
+
+    def measured(role: str, model: str, kind: str, images: torch.Tensor) -> ModelResult:
+        """`images` (N, 3, H, W) in [0, 1] against the training images, raw and through the VAE."""
+        return ModelResult(role, model, kind, nearest_neighbour_metrics(images, subset.images),
+                           nearest_neighbour_metrics(images, through_vae),
+                           rmse_matrix(images, subset.images).diagonal().tolist(), images)
+
+    floor = measured("floor", "through the VAE", "vae", through_vae)
     # 3. Generate and measure, one model at a time
     rows = []
     jobs = [("base", base, "pipeline")] + [("tuned", t, k) for t, k in zip(tuned, kinds)]
@@ -324,9 +329,7 @@ def bench_fine_tune(base: str, tuned: list[str], data: str, *, max_captions: int
         base_pipe = None  # (the base's weights go once it has drawn: one model in memory at a time)
         images = generate(pipe, subset.captions, seed, steps, guidance, resolution, batch_size)
         del pipe
-        own = rmse_matrix(images, subset.images).diagonal()
-        rows.append(ModelResult(role, model, kind, nearest_neighbour_metrics(images, subset.images),
-                                nearest_neighbour_metrics(images, through_vae), own.tolist(), images))
+        rows.append(measured(role, model, kind, images))
     return FineTuneResult(data, subset, rows, floor, seed, steps, guidance, resolution, device_name)
 
 
