@@ -1,6 +1,7 @@
 """`latentdiff bench speedrun`: recipes trained in budget slices, scored at every point, resumable."""
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -31,7 +32,7 @@ def test_config_is_checked_before_any_training(tmp_path):
     assert SpeedrunConfig(recipes=[str(recipe)], minutes=25, every=10).budgets() == [10, 20, 25]
 
 
-def test_two_recipes_are_trained_in_slices_scored_and_not_trained_again(tmp_path, capsys):
+def test_two_recipes_are_trained_in_slices_scored_and_not_trained_again(tmp_path, capsys, monkeypatch):
     data = tmp_path / "data"
     write_dataset(data, n=16, size=16, seed=0, progress=False)
     build_pipeline("tiny").vae.save_pretrained(tmp_path / "vae")
@@ -52,6 +53,7 @@ def test_two_recipes_are_trained_in_slices_scored_and_not_trained_again(tmp_path
     for entry in results["recipes"].values():
         assert [p["minutes"] for p in entry["points"]] == [0.01, 0.02]
         assert all(0 <= p["overall"] <= 1 and p["steps"] >= 1 and p["train_seconds"] > 0 for p in entry["points"])
+        assert all((tmp_path / "run" / p["grid"]).is_file() for p in entry["points"])  # the samples scored
         assert set(entry["minutes_to"]) == {"0.5", "0.8"}
     before = (tmp_path / "run" / "eps" / "speedrun.log").read_text().count("$ ")
     again = speedrun(config, progress=False)  # every point is there: nothing is trained again
@@ -60,9 +62,23 @@ def test_two_recipes_are_trained_in_slices_scored_and_not_trained_again(tmp_path
     assert "eps" in table(again) and write_plot(again, tmp_path / "s.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="scored another way"):
         speedrun(SpeedrunConfig(**{**config.__dict__, "steps": 3}), progress=False)
+    # minutes compare on one machine only: the race records it, and another machine may not add to it
+    from latentdiff.training.hardware import machine_description
+
+    assert again["machine"] == machine_description() and again["machine"] in json.loads(
+        (tmp_path / "run" / "speedrun.json").read_text())["machine"]
+    monkeypatch.setattr("latentdiff.bench.speedrun.machine_description", lambda: "CPU: Other, 2 cores (x86_64)")
+    with pytest.raises(ValueError, match="another machine"):
+        speedrun(config, progress=False)
 
 
-def test_the_shipped_ablation_recipes_parse_and_each_changes_base_in_what_it_names():
+def test_the_machine_is_named_by_its_cpu_model():
+    from latentdiff.training.hardware import cpu_description, cpu_model
+
+    assert cpu_model() and cpu_description().startswith(f"CPU: {cpu_model()}, ")
+
+
+def test_the_shipped_ablation_recipes_parse_and_each_changes_base_in_what_it_names(tmp_path):
     """training/recipes/speedrun/: every line of issue 18's plot is a valid recipe that differs from base.yaml
     in its own variable (and its output folder) only."""
     from pathlib import Path
@@ -74,7 +90,14 @@ def test_the_shipped_ablation_recipes_parse_and_each_changes_base_in_what_it_nam
     raw = {p.stem: yaml.safe_load(p.read_text()) for p in folder.glob("*.yaml")}
     assert {"base", "diffusers-example", "flow", "cld", "speed"} <= set(raw)
     for name, recipe in raw.items():
-        parse_config(TextToImageConfig, ["--config", str(folder / f"{name}.yaml")])  # valid: types and ranges
+        argv = ["--config", str(folder / f"{name}.yaml")]
+        if "text_encoder" in recipe:  # pretrain_text_encoder's output, made by the recipe's first command
+            made = tmp_path / name
+            (made / "text_encoder").mkdir(parents=True)
+            shutil.copy("assets/shapes-tiny/text_encoder/config.json", made / "text_encoder")
+            shutil.copytree("assets/shapes-tiny/tokenizer", made / "tokenizer")
+            argv += ["--text-encoder", str(made)]
+        parse_config(TextToImageConfig, argv)  # valid: types and ranges
         assert recipe["output_dir"] == f"out/speedrun/{name}"
         changed = {k for k in set(recipe) | set(raw["base"]) if recipe.get(k) != raw["base"].get(k)} - {"output_dir"}
         assert bool(changed) == (name != "base"), (name, changed)

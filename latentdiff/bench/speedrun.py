@@ -20,16 +20,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from latentdiff.bench.report import figure, save_figure
 from latentdiff.eval.prompts import read_prompt_set
+from latentdiff.eval.run import marked_grid
+from latentdiff.training.hardware import machine_description
 
 THRESHOLDS = (0.5, 0.8)  # the scores whose training minutes the report compares
 
@@ -100,7 +104,7 @@ def score_folder(folder: Path, config: SpeedrunConfig):
     pipe.set_progress_bar_config(disable=True)
     prompts = select_prompts(read_prompt_set(config.prompts), config.max_prompts)
     return evaluate(pipe, prompts, sampler=config.sampler, steps=config.steps, guidance=config.guidance,
-                    images_per_prompt=config.images_per_prompt, seed=config.seed, progress=False, keep_images=False)
+                    images_per_prompt=config.images_per_prompt, seed=config.seed, progress=False, keep_images=True)
 
 
 def minutes_to(points: list[dict[str, Any]], threshold: float) -> float | None:
@@ -115,7 +119,10 @@ def minutes_to(points: list[dict[str, Any]], threshold: float) -> float | None:
     return None
 
 
-def load_results(path: Path, config: SpeedrunConfig) -> dict[str, Any]:
+def load_results(path: Path, config: SpeedrunConfig, machine: str) -> dict[str, Any]:
+    """The points already in `path` (an empty race when there is none). Training minutes are only comparable on
+    one machine, so points measured on another (`machine`, as `machine_description()` words it; files from before
+    it was recorded: their points' hardware) are refused, as are points scored another way."""
     if path.is_file():
         results = json.loads(path.read_text())
         scoring = {k: results.get("config", {}).get(k) for k in ("prompts", "max_prompts", "images_per_prompt",
@@ -123,6 +130,11 @@ def load_results(path: Path, config: SpeedrunConfig) -> dict[str, Any]:
         if scoring != {k: getattr(config, k) for k in scoring}:
             raise ValueError(f"{path} holds points scored another way ({scoring}); use another --out or the same "
                              "scoring options")
+        theirs = results.get("machine") or re.sub(r", \d+ process(es)?$", "", _hardware(results))
+        if theirs and theirs != machine:
+            raise ValueError(f"{path} holds points measured on another machine ({theirs}; this is {machine}): "
+                             "training minutes compare only on one machine, so use another --out and race the "
+                             "baseline again here")
         return results
     return {"recipes": {}}
 
@@ -132,8 +144,10 @@ def speedrun(config: SpeedrunConfig, progress: bool = True) -> dict[str, Any]:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "speedrun.json"
-    results = load_results(path, config)
+    machine = machine_description()
+    results = load_results(path, config, machine)
     results["config"] = asdict(config)
+    results["machine"] = machine
     for recipe in config.recipes:
         name = Path(recipe).stem
         entry = results["recipes"].setdefault(name, {"recipe": recipe, "points": []})
@@ -144,11 +158,15 @@ def speedrun(config: SpeedrunConfig, progress: bool = True) -> dict[str, Any]:
             start = time.perf_counter()
             summary = train_slice(recipe, out / name, minutes, config.extra)
             scored = score_folder(out / name / "pipeline", config)
+            grid = out / name / f"samples-{minutes:g}min.png"  # what the score saw, pass/fail framed
+            per_category = max(Counter(p["category"] for p in scored.per_prompt).values())
+            marked_grid(scored, per_category=per_category).save(grid)
             point = {"minutes": minutes, "overall": scored.overall, "categories": scored.categories,
                      "steps": summary["steps"], "train_seconds": summary["train_seconds_all_invocations"],
                      "cpu_seconds": summary.get("cpu_seconds_all_invocations"),
                      "images_per_s": summary.get("images_per_s"), "epochs": summary.get("epochs"),
-                     "wall_seconds_with_scoring": time.perf_counter() - start, "hardware": summary.get("hardware")}
+                     "wall_seconds_with_scoring": time.perf_counter() - start, "hardware": summary.get("hardware"),
+                     "grid": str(grid.relative_to(out))}
             entry["points"].append(point)
             entry["points"].sort(key=lambda p: p["minutes"])
             if progress:
@@ -182,7 +200,8 @@ def write_plot(results: dict[str, Any], path: str | Path) -> Path:
     for t in THRESHOLDS:
         ax.axhline(t, color="grey", lw=0.6, ls=":")
     c = results["config"]
-    ax.set_xlabel("training minutes (2-core CPU)" if "CPU" in str(_hardware(results)) else "training minutes")
+    machine = results.get("machine") or _hardware(results)
+    ax.set_xlabel(f"training minutes ({machine})" if machine else "training minutes")
     ax.set_ylabel("ShapesWorld overall score")
     ax.set_ylim(0, 1)
     ax.set_title(f"{Path(c['prompts']).stem}: {c['max_prompts']} prompts x {c['images_per_prompt']} images, "
