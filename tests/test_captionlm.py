@@ -36,6 +36,10 @@ def test_loss_is_the_cross_entropy_of_the_next_real_token(tiny):
     ids = t.input_ids.clone()
     ids[0, int(t.attention_mask[0].sum()):] = 5
     assert torch.allclose(next_token_loss(encoder, ids, t.attention_mask), loss)
+    # so pretraining pads to the batch's longest caption: the same loss as at the pipeline's 77 tokens
+    short = tokenizer(["a red circle", "two blue stars above a square"], padding="longest", return_tensors="pt")
+    assert short.input_ids.shape[1] < t.input_ids.shape[1]
+    assert torch.allclose(next_token_loss(encoder, short.input_ids, short.attention_mask), loss, atol=1e-6)
 
 
 def test_captions_are_a_sequence_of_the_streams_scenes_or_the_files_lines(tmp_path):
