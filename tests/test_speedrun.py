@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from latentdiff import build_pipeline
-from latentdiff.bench.speedrun import SpeedrunConfig, minutes_to, speedrun, table, write_plot
+from latentdiff.bench.speedrun import loss_table, SpeedrunConfig, minutes_to, speedrun, table, write_plot
 from latentdiff.data.shapes import write_dataset
 
 
@@ -55,11 +55,17 @@ def test_two_recipes_are_trained_in_slices_scored_and_not_trained_again(tmp_path
         assert all(0 <= p["overall"] <= 1 and p["steps"] >= 1 and p["train_seconds"] > 0 for p in entry["points"])
         assert all((tmp_path / "run" / p["grid"]).is_file() for p in entry["points"])  # the samples scored
         assert set(entry["minutes_to"]) == {"0.5", "0.8"}
+        # the lower-noise companion: the held-out denoising loss of every point, in its own target's units
+        for p in entry["points"]:
+            assert set(p["denoising_loss"]) == {"heldout", "train"}
+            assert all(v["loss"] > 0 and v["images"] == 256 for v in p["denoising_loss"].values())
+    assert {p["denoising_loss"]["heldout"]["space"] for p in results["recipes"]["v"]["points"]} == {"ddpm/v_prediction"}
     before = (tmp_path / "run" / "eps" / "speedrun.log").read_text().count("$ ")
     again = speedrun(config, progress=False)  # every point is there: nothing is trained again
     assert (tmp_path / "run" / "eps" / "speedrun.log").read_text().count("$ ") == before == 2
     assert again["recipes"]["eps"]["points"] == results["recipes"]["eps"]["points"]
     assert "eps" in table(again) and write_plot(again, tmp_path / "s.png").stat().st_size > 1000
+    assert "ddpm/v_prediction" in loss_table(again).splitlines()[2] and "-" not in loss_table(again).splitlines()[1][28:40]
     with pytest.raises(ValueError, match="scored another way"):
         speedrun(SpeedrunConfig(**{**config.__dict__, "steps": 3}), progress=False)
     # minutes compare on one machine only: the race records it, and another machine may not add to it

@@ -36,6 +36,10 @@ from latentdiff.eval.run import marked_grid
 from latentdiff.training.hardware import machine_description
 
 THRESHOLDS = (0.5, 0.8)  # the scores whose training minutes the report compares
+# The lower-noise companion of the score (latentdiff/eval/denoising_loss.py): each point's unweighted training loss
+# on 256 scenes no run trains on, of the held-out split's combinations and of the training split's
+LOSS_SCENES = {"heldout": "shapesworld:heldout?seed=1&n=256&fresh=false",
+               "train": "shapesworld:train?seed=1&n=256&fresh=false"}
 
 
 @dataclass
@@ -95,16 +99,19 @@ def train_slice(recipe: str, run_dir: Path, minutes: float, extra: list[str]) ->
 
 
 def score_folder(folder: Path, config: SpeedrunConfig):
-    """EvalResult of a pipeline folder on the speedrun's prompt subset."""
+    """(EvalResult on the speedrun's prompt subset, {scenes: held-out denoising loss}) of a pipeline folder."""
     from latentdiff.bench.samplers import select_prompts
+    from latentdiff.eval.denoising_loss import denoising_loss
     from latentdiff.eval.run import evaluate
     from latentdiff.pipelines import LatentDiffusionPipeline
 
     pipe = LatentDiffusionPipeline.from_pretrained(str(folder))
     pipe.set_progress_bar_config(disable=True)
     prompts = select_prompts(read_prompt_set(config.prompts), config.max_prompts)
+    losses = {name: denoising_loss(pipe, source) for name, source in LOSS_SCENES.items()}
     return evaluate(pipe, prompts, sampler=config.sampler, steps=config.steps, guidance=config.guidance,
-                    images_per_prompt=config.images_per_prompt, seed=config.seed, progress=False, keep_images=True)
+                    images_per_prompt=config.images_per_prompt, seed=config.seed, progress=False,
+                    keep_images=True), losses
 
 
 def minutes_to(points: list[dict[str, Any]], threshold: float) -> float | None:
@@ -157,7 +164,7 @@ def speedrun(config: SpeedrunConfig, progress: bool = True) -> dict[str, Any]:
                 continue
             start = time.perf_counter()
             summary = train_slice(recipe, out / name, minutes, config.extra)
-            scored = score_folder(out / name / "pipeline", config)
+            scored, losses = score_folder(out / name / "pipeline", config)
             grid = out / name / f"samples-{minutes:g}min.png"  # what the score saw, pass/fail framed
             per_category = max(Counter(p["category"] for p in scored.per_prompt).values())
             marked_grid(scored, per_category=per_category).save(grid)
@@ -166,11 +173,12 @@ def speedrun(config: SpeedrunConfig, progress: bool = True) -> dict[str, Any]:
                      "cpu_seconds": summary.get("cpu_seconds_all_invocations"),
                      "images_per_s": summary.get("images_per_s"), "epochs": summary.get("epochs"),
                      "wall_seconds_with_scoring": time.perf_counter() - start, "hardware": summary.get("hardware"),
-                     "grid": str(grid.relative_to(out))}
+                     "grid": str(grid.relative_to(out)), "denoising_loss": losses}
             entry["points"].append(point)
             entry["points"].sort(key=lambda p: p["minutes"])
             if progress:
-                print(f"{name}: {minutes:g} min, step {point['steps']}, overall {point['overall']:.3f}", flush=True)
+                print(f"{name}: {minutes:g} min, step {point['steps']}, overall {point['overall']:.3f}, held-out "
+                      f"loss {losses['heldout']['loss']:.4f} ({losses['heldout']['space']})", flush=True)
             entry["minutes_to"] = {str(t): minutes_to(entry["points"], t) for t in THRESHOLDS}
             path.write_text(json.dumps(results, indent=2) + "\n")
     return results
@@ -189,14 +197,42 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def loss_table(results: dict[str, Any], scenes: str = "heldout") -> str:
+    """The held-out denoising loss (LOSS_SCENES[scenes]) of every point: recipe rows, budget columns, the loss's
+    space beside each (numbers compare within one space only)."""
+    budgets = sorted({p["minutes"] for e in results["recipes"].values() for p in e["points"]})
+    rows = [f"{'recipe':<28}" + "".join(f"{f'{m:g} min':>9}" for m in budgets) + "  space"]
+    for name, e in results["recipes"].items():
+        at = {p["minutes"]: p["denoising_loss"][scenes] for p in e["points"] if "denoising_loss" in p}
+        space = next((v["space"] for v in at.values()), "-")
+        rows.append(f"{name:<28}" + "".join(f"{at[m]['loss']:>9.4f}" if m in at else f"{'-':>9}" for m in budgets)
+                    + f"  {space}")
+    return "\n".join(rows)
+
+
 def write_plot(results: dict[str, Any], path: str | Path) -> Path:
-    """PNG: ShapesWorld overall score vs training minutes, one line per recipe."""
-    fig, ax = figure(figsize=(7.5, 4.5))
+    """PNG: ShapesWorld overall score vs training minutes, one line per recipe; beside it the held-out denoising
+    loss of the points that have one (dashed where its space differs from the first line's: not comparable)."""
+    fig, (ax, lax) = figure(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    first_space = None
     for name, e in results["recipes"].items():
         points = e["points"]
         if points:
-            ax.plot([0] + [p["minutes"] for p in points], [0] + [p["overall"] for p in points], marker="o",
-                    markersize=3, label=name)
+            line, = ax.plot([0] + [p["minutes"] for p in points], [0] + [p["overall"] for p in points], marker="o",
+                            markersize=3, label=name)
+            lossy = [p for p in points if "denoising_loss" in p]
+            if lossy:
+                space = lossy[0]["denoising_loss"]["heldout"]["space"]
+                first_space = first_space or space
+                lax.plot([p["minutes"] for p in lossy], [p["denoising_loss"]["heldout"]["loss"] for p in lossy],
+                         marker="o", markersize=3, color=line.get_color(), ls="-" if space == first_space else "--",
+                         label=f"{name} ({space})")
+    lax.set_xlabel("training minutes")
+    lax.set_ylabel("held-out denoising loss (lower is better)")
+    lax.set_title("unweighted objective, 256 held-out-split scenes", fontsize=10)
+    lax.grid(alpha=0.3)
+    if lax.lines:
+        lax.legend(fontsize=7, loc="best")
     for t in THRESHOLDS:
         ax.axhline(t, color="grey", lw=0.6, ls=":")
     c = results["config"]
@@ -246,5 +282,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(config.out)
     (out / "speedrun.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
+    print("held-out denoising loss (latentdiff/eval/denoising_loss.py):")
+    print(loss_table(results))
     print(f"wrote {out / 'speedrun.json'} and {write_plot(results, out / 'speedrun.png')}")
     return 0
