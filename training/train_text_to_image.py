@@ -120,6 +120,7 @@ class TextToImageConfig:
     learning_rate: float | None = None  # AdamW peak learning rate
     lr_scheduler: str = "cosine"  # diffusers.optimization schedule: constant, constant_with_warmup, cosine, ...
     lr_warmup_steps: int | None = None  # linear warm-up steps
+    lr_cooldown_steps: int = 0  # > 0: the LR falls linearly to 0 over the last N steps before --max-steps (WSD)
     weight_decay: float = 1e-2  # AdamW weight decay
     adam_8bit: bool = False  # bitsandbytes 8-bit AdamW (GPU only)
     max_grad_norm: float = 1.0  # gradient clipping
@@ -191,6 +192,9 @@ class TextToImageConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
         if self.lora_rank < 0:
             raise ValueError(f"--lora-rank must be >= 0, got {self.lora_rank}.")
+        if not 0 <= self.lr_cooldown_steps <= self.max_steps:
+            raise ValueError(f"--lr-cooldown-steps must be in [0, --max-steps {self.max_steps}], got "
+                             f"{self.lr_cooldown_steps}.")
         if self.pretrained is None and self.vae is None:
             raise ValueError("Training from scratch needs a trained VAE: pass --vae DIR (train_vae's output/vae), "
                              "or --pretrained DIR to fine-tune a pipeline.")
