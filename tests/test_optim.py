@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from latentdiff.training.optim import optimizer_and_schedule
-from latentdiff.training.train_text_to_image import TextToImageConfig
+from latentdiff.training.train_text_to_image import TextToImageConfig, describe_run
 
 
 def run(cooldown: int, steps: int, state=None):
@@ -42,3 +42,9 @@ def test_a_constant_runs_checkpoint_resumes_into_its_cooldown():
 def test_a_cooldown_longer_than_the_run_is_one_clear_error():
     with pytest.raises(ValueError, match="--lr-cooldown-steps"):
         TextToImageConfig(train_data="d", preset="tiny", vae="v", max_steps=10, lr_cooldown_steps=11)
+
+
+def test_the_runs_first_lines_say_when_it_cools_down():
+    cfg = TextToImageConfig(train_data="d", preset="tiny", vae="v", max_steps=10, lr_cooldown_steps=4)
+    assert describe_run(cfg).splitlines()[-1] == "LR cooldown: linearly to 0 over steps 6..10 (--lr-cooldown-steps 4)"
+    assert "cooldown" not in describe_run(TextToImageConfig(train_data="d", preset="tiny", vae="v", max_steps=10))

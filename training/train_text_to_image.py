@@ -262,6 +262,9 @@ def describe_run(cfg: TextToImageConfig) -> str:
     given = [name for name in MODE_DEFAULTS if name not in cfg.mode_defaults]
     if given:
         lines.append("given: " + ", ".join(map(shown, given)))
+    if cfg.lr_cooldown_steps:
+        lines.append(f"LR cooldown: linearly to 0 over steps {cfg.max_steps - cfg.lr_cooldown_steps}..{cfg.max_steps} "
+                     f"(--lr-cooldown-steps {cfg.lr_cooldown_steps})")
     return "\n".join(lines)
 
 
