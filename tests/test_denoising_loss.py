@@ -26,8 +26,8 @@ class ZeroUNet(torch.nn.Module):
 
 
 def parts(pipe, unet=None):
-    return SimpleNamespace(vae=pipe.vae, unet=unet or pipe.unet, text_encoder=pipe.text_encoder,
-                           tokenizer=pipe.tokenizer, scheduler=pipe.scheduler, config=pipe.config)
+    return SimpleNamespace(vae=pipe.vae, unet=unet or pipe.unet, encode_prompt=pipe.encode_prompt,
+                           scheduler=pipe.scheduler, config=pipe.config)
 
 
 def test_every_run_is_measured_unweighted_with_uniform_timesteps(tiny_pipe):

@@ -63,7 +63,7 @@ def denoising_loss(pipe, source: str, *, training_config: dict[str, Any] | None 
     objective = objective_row(process).build(dict(pipe.scheduler.config), options)
     data = ShapesWorldDataset(ShapesWorldStream.parse(source), int(training_config["resolution"]))
     device = pipe.unet.device
-    vae, unet, text_encoder, tokenizer = pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer
+    vae, unet = pipe.vae, pipe.unet
 
     # 1. The scenes' latents and caption embeddings, once
     batches = []
@@ -71,9 +71,8 @@ def denoising_loss(pipe, source: str, *, training_config: dict[str, Any] | None 
         items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
         x = torch.stack([it["pixel_values"] for it in items]).to(device, vae.dtype)  # (B, 3, H, W)
         z0 = vae.encode(x).latent_dist.mean.float() * vae.config.scaling_factor  # (B, C, h, w)
-        ids = tokenizer([it["caption"] for it in items], padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids.to(device)  # (B, 77)
-        batches.append((z0, text_encoder(ids)[0]))  # (B, 77, D)
+        text, _ = pipe.encode_prompt([it["caption"] for it in items], device, do_classifier_free_guidance=False)
+        batches.append((z0, text))  # (B, 77, D): the captions as the pipeline embeds prompts
 
     # 2. The objective on each, with the same noise for every model
     total, count = 0.0, 0
