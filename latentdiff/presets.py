@@ -139,7 +139,7 @@ def variant(preset: "str | Preset", *, unet_blocks: tuple[int, ...] | None = Non
             unet_head_dim: int | None = None, text_layers: int | None = None, text_width: int | None = None,
             text_heads: int | None = None) -> Preset:
     """The preset with another UNet (block widths, cross-attention levels top to bottom, ResNet layers per block,
-    attention head dimension) and/or text encoder (layers, width, heads; the UNet's cross-attention width follows
+    diffusers' attention_head_dim, which UNet2DConditionModel reads as the number of heads) and/or text encoder (layers, width, heads; the UNet's cross-attention width follows
     the text width). None keeps the preset's value. For architecture ablations; a named preset is still a function."""
     p = get_preset(preset)
     unet, text = dict(p.unet), dict(p.text_encoder)

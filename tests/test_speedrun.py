@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from latentdiff import build_pipeline
-from latentdiff.bench.speedrun import loss_table, SpeedrunConfig, minutes_to, speedrun, table, write_plot
+from latentdiff.bench.speedrun import (loss_table, minutes_to, score_only, scored_table, speedrun, SpeedrunConfig, table,
+                                       write_plot)
 from latentdiff.data.shapes import write_dataset
 
 
@@ -30,6 +31,11 @@ def test_config_is_checked_before_any_training(tmp_path):
         (tmp_path / "b" / "a.yaml").write_text("train_data: d\n")
         SpeedrunConfig(recipes=[str(recipe), str(tmp_path / "b" / "a.yaml")])
     assert SpeedrunConfig(recipes=[str(recipe)], minutes=25, every=10).budgets() == [10, 20, 25]
+    for recipes, score in (([], []), ([str(recipe)], [str(tmp_path)])):
+        with pytest.raises(ValueError, match="give --recipes .* or --score"):
+            SpeedrunConfig(recipes=recipes, score=score)
+    with pytest.raises(ValueError, match="not a pipeline folder"):
+        SpeedrunConfig(recipes=[], score=[str(tmp_path)])
 
 
 def test_two_recipes_are_trained_in_slices_scored_and_not_trained_again(tmp_path, capsys, monkeypatch):
@@ -68,6 +74,18 @@ def test_two_recipes_are_trained_in_slices_scored_and_not_trained_again(tmp_path
     assert "ddpm/v_prediction" in loss_table(again).splitlines()[2] and "-" not in loss_table(again).splitlines()[1][28:40]
     with pytest.raises(ValueError, match="scored another way"):
         speedrun(SpeedrunConfig(**{**config.__dict__, "steps": 3}), progress=False)
+    # --score: a folder scored without training gives the point's own numbers (same prompts, seeds, sampler)
+    scoring = {k: v for k, v in config.__dict__.items() if k not in ("recipes", "score")}
+    scored = score_only(SpeedrunConfig(recipes=[], score=[str(tmp_path / "run" / "eps" / "pipeline")],
+                                       **{**scoring, "out": str(tmp_path / "scored")}), progress=False)
+    (row,) = scored["folders"].values()
+    last = results["recipes"]["eps"]["points"][-1]
+    assert (row["overall"], row["categories"], row["steps"]) == (last["overall"], last["categories"], last["steps"])
+    assert row["denoising_loss"] == last["denoising_loss"]
+    assert (tmp_path / "scored" / row["grid"]).is_file() and "pipeline" in scored_table(scored)
+    with pytest.raises(ValueError, match="scored another way"):
+        score_only(SpeedrunConfig(recipes=[], score=[str(tmp_path / "run" / "eps" / "pipeline")],
+                                  **{**scoring, "out": str(tmp_path / "scored"), "guidance": 2.0}), progress=False)
     # minutes compare on one machine only: the race records it, and another machine may not add to it
     from latentdiff.training.hardware import machine_description
 
@@ -84,9 +102,13 @@ def test_the_machine_is_named_by_its_cpu_model():
     assert cpu_model() and cpu_description().startswith(f"CPU: {cpu_model()}, ")
 
 
+FIRST_RACE = {"attention-low", "text-pretrained", "lr-1e-3"}  # raced against base.yaml (README's first table)
+
+
 def test_the_shipped_ablation_recipes_parse_and_each_changes_base_in_what_it_names(tmp_path):
-    """training/recipes/speedrun/: every line of issue 18's plot is a valid recipe that differs from base.yaml
-    in its own variable (and its output folder) only."""
+    """training/recipes/speedrun/: every line of issue 18's plot is a valid recipe that differs from its parent in
+    its own variable (and its output folder) only: the first race's lines from base.yaml, every later line from
+    attention-low.yaml (that race's winner, the default model's recipe)."""
     from pathlib import Path
 
     from latentdiff.training.config import parse_config
@@ -105,7 +127,11 @@ def test_the_shipped_ablation_recipes_parse_and_each_changes_base_in_what_it_nam
             argv += ["--text-encoder", str(made)]
         parse_config(TextToImageConfig, argv)  # valid: types and ranges
         assert recipe["output_dir"] == f"out/speedrun/{name}"
-        changed = {k for k in set(recipe) | set(raw["base"]) if recipe.get(k) != raw["base"].get(k)} - {"output_dir"}
+        parent = "base" if name in FIRST_RACE | {"base"} else "attention-low"
+        changed = {k for k in set(recipe) | set(raw[parent]) if recipe.get(k) != raw[parent].get(k)} - {"output_dir"}
         assert bool(changed) == (name != "base"), (name, changed)
-    assert {k for k in raw["diffusers-example"] if raw["diffusers-example"][k] != raw["base"][k]} - {"output_dir"} == {
-        "snr_gamma", "use_ema", "cache_latents"}
+        assert f"Everything else is speedrun/{parent}.yaml" in (folder / f"{name}.yaml").read_text() or name == "base"
+    assert {k for k, v in raw["attention-low"].items() if v != raw["base"].get(k)} == {"output_dir", "unet_attention"}
+    example = raw["diffusers-example"]
+    assert {k for k in set(example) | set(raw["attention-low"]) if example.get(k) != raw["attention-low"].get(k)} == {
+        "output_dir", "snr_gamma", "use_ema", "cache_latents"}

@@ -100,7 +100,7 @@ class TextToImageConfig:
     unet_blocks: list[int] | None = None  # from scratch: UNet block widths, top to bottom (None: the preset's)
     unet_attention: list[bool] | None = None  # from scratch: cross-attention per level, e.g. false true true
     unet_layers_per_block: int | None = None  # from scratch: ResNet layers per UNet block
-    unet_head_dim: int | None = None  # from scratch: attention head dimension
+    unet_head_dim: int | None = None  # from scratch: diffusers' attention_head_dim (UNet2DConditionModel: the head count)
     text_layers: int | None = None  # from scratch: text-encoder layers
     text_width: int | None = None  # from scratch: text-encoder width (the UNet's cross-attention width follows)
     text_heads: int | None = None  # from scratch: text-encoder attention heads

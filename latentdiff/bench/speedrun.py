@@ -11,6 +11,9 @@ recorded beside them, so a point trained while something else shared the machine
 The JSON is written after every point and read back at the start, so a speedrun stopped part-way (or spread over
 several sessions) goes on where it stopped: a (recipe, minutes) point already measured is not trained again.
 
+`--score FOLDER ...` scores model folders exactly as a point is scored, without training (a run's checkpoint
+branched off the race, e.g. two continuations compared from one checkpoint), into OUT/scored.json.
+
     latentdiff bench speedrun --recipes training/recipes/speedrun/*.yaml --minutes 30 --every 10 \
         --prompts assets/prompts/indist.jsonl --out out/speedrun
 """
@@ -45,6 +48,7 @@ LOSS_SCENES = {"heldout": "shapesworld:heldout?seed=1&n=256&fresh=false",
 @dataclass
 class SpeedrunConfig:
     recipes: list[str]  # YAML recipes for train_text_to_image; a recipe is named by its file's stem
+    score: list[str] = field(default_factory=list)  # instead of recipes: model folders scored, none trained
     minutes: float = 30.0  # training minutes per recipe
     every: float = 10.0  # a scored point after every this many training minutes
     prompts: str = "assets/prompts/indist.jsonl"  # the prompt set the subset is drawn from
@@ -58,8 +62,11 @@ class SpeedrunConfig:
     extra: list[str] = field(default_factory=list)  # flags added to every training run (e.g. --train-data)
 
     def __post_init__(self):
-        if not self.recipes:
-            raise ValueError("--recipes: name at least one recipe YAML file")
+        if bool(self.recipes) == bool(self.score):
+            raise ValueError("give --recipes (recipe YAML files to race) or --score (model folders to score), one of them")
+        for folder in self.score:
+            if not (Path(folder) / "model_index.json").is_file():
+                raise ValueError(f"--score: {folder} is not a pipeline folder (no model_index.json)")
         for r in self.recipes:
             if not Path(r).is_file():
                 raise ValueError(f"--recipes: {r} does not exist")
@@ -131,12 +138,7 @@ def load_results(path: Path, config: SpeedrunConfig, machine: str) -> dict[str, 
     one machine, so points measured on another (`machine`, as `machine_description()` words it; files from before
     it was recorded: their points' hardware) are refused, as are points scored another way."""
     if path.is_file():
-        results = json.loads(path.read_text())
-        scoring = {k: results.get("config", {}).get(k) for k in ("prompts", "max_prompts", "images_per_prompt",
-                                                                  "steps", "guidance", "sampler", "seed")}
-        if scoring != {k: getattr(config, k) for k in scoring}:
-            raise ValueError(f"{path} holds points scored another way ({scoring}); use another --out or the same "
-                             "scoring options")
+        results = _scored_the_same_way(path, config)
         theirs = results.get("machine") or re.sub(r", \d+ process(es)?$", "", _hardware(results))
         if theirs and theirs != machine:
             raise ValueError(f"{path} holds points measured on another machine ({theirs}; this is {machine}): "
@@ -144,6 +146,16 @@ def load_results(path: Path, config: SpeedrunConfig, machine: str) -> dict[str, 
                              "baseline again here")
         return results
     return {"recipes": {}}
+
+
+def _scored_the_same_way(path: Path, config: SpeedrunConfig) -> dict[str, Any]:
+    results = json.loads(path.read_text())
+    scoring = {k: results.get("config", {}).get(k) for k in ("prompts", "max_prompts", "images_per_prompt",
+                                                              "steps", "guidance", "sampler", "seed")}
+    if scoring != {k: getattr(config, k) for k in scoring}:
+        raise ValueError(f"{path} holds points scored another way ({scoring}); use another --out or the same "
+                         "scoring options")
+    return results
 
 
 def speedrun(config: SpeedrunConfig, progress: bool = True) -> dict[str, Any]:
@@ -182,6 +194,40 @@ def speedrun(config: SpeedrunConfig, progress: bool = True) -> dict[str, Any]:
             entry["minutes_to"] = {str(t): minutes_to(entry["points"], t) for t in THRESHOLDS}
             path.write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def score_only(config: SpeedrunConfig, progress: bool = True) -> dict[str, Any]:
+    """Score each of `config.score`'s folders as a speedrun point is scored; the results (keyed by folder, merged
+    with earlier ones scored the same way) go to OUT/scored.json and each folder's framed samples beside it."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "scored.json"
+    results = _scored_the_same_way(path, config) if path.is_file() else {"folders": {}}
+    results["config"] = asdict(config)  # a score does not depend on the machine, so no machine check here
+    for folder in config.score:
+        scored, losses = score_folder(Path(folder), config)
+        name = "-".join(Path(folder).resolve().parts[-2:])  # e.g. RUN-pipeline: two runs' folders stay apart
+        grid = out / f"{name}-samples.png"
+        marked_grid(scored, per_category=max(Counter(p["category"] for p in scored.per_prompt).values())).save(grid)
+        summary = Path(folder) / "training_summary.json"
+        steps = json.loads(summary.read_text()).get("steps") if summary.is_file() else None
+        results["folders"][str(folder)] = {"overall": scored.overall, "categories": scored.categories,
+                                           "steps": steps, "denoising_loss": losses, "grid": grid.name}
+        if progress:
+            print(f"{folder}: overall {scored.overall:.3f}, held-out loss {losses['heldout']['loss']:.5f} "
+                  f"({losses['heldout']['space']}), step {steps}", flush=True)
+        path.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def scored_table(results: dict[str, Any]) -> str:
+    cats = sorted({c for r in results["folders"].values() for c in r["categories"]})
+    rows = [f"{'folder':<44}{'overall':>9}" + "".join(f"{c[:10]:>11}" for c in cats) + f"{'loss':>9}{'steps':>8}"]
+    for folder, r in results["folders"].items():
+        rows.append(f"{folder[-44:]:<44}{r['overall']:>9.3f}" + "".join(
+            f"{r['categories'].get(c, float('nan')):>11.2f}" for c in cats)
+            + f"{r['denoising_loss']['heldout']['loss']:>9.4f}{r['steps'] if r['steps'] is not None else '-':>8}")
+    return "\n".join(rows)
 
 
 def table(results: dict[str, Any]) -> str:
@@ -252,7 +298,10 @@ def _hardware(results: dict[str, Any]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recipes", nargs="+", required=True, help="train_text_to_image recipe YAML files, one line each")
+    p.add_argument("--recipes", nargs="+", default=[], help="train_text_to_image recipe YAML files, one line each")
+    p.add_argument("--score", nargs="+", default=[], metavar="FOLDER",
+                   help="instead of --recipes: score these model folders as a point is scored, train nothing "
+                        "(results in OUT/scored.json)")
     p.add_argument("--minutes", type=float, default=30.0, help="training minutes per recipe (default 30)")
     p.add_argument("--every", type=float, default=10.0, help="score after every this many minutes (default 10)")
     p.add_argument("--prompts", default="assets/prompts/indist.jsonl", help="prompt set (default %(default)s)")
@@ -268,10 +317,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = SpeedrunConfig(recipes=args.recipes, minutes=args.minutes, every=args.every, prompts=args.prompts,
+    config = SpeedrunConfig(recipes=args.recipes, score=args.score, minutes=args.minutes, every=args.every, prompts=args.prompts,
                             max_prompts=args.max_prompts, images_per_prompt=args.images_per_prompt, steps=args.steps,
                             guidance=args.guidance, sampler=args.sampler, seed=args.seed, out=args.out,
                             extra=args.extra)
+    if config.score:
+        print(scored_table(score_only(config)))
+        print(f"wrote {Path(config.out) / 'scored.json'}")
+        return 0
     results = speedrun(config)
     results["command"] = "latentdiff bench speedrun " + shlex.join(
         ["--recipes", *config.recipes, f"--minutes={config.minutes:g}", f"--every={config.every:g}",
