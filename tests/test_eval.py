@@ -127,6 +127,24 @@ def test_latentdiff_eval_writes_scores_json_and_a_marked_grid(tmp_path, capsys):
     assert all(len(p["passed"]) == 2 for p in r["per_prompt"]) and len(r["per_prompt"]) == 6
     assert r["settings"]["steps"] == 2 and r["metrics"]["p/overall"] == r["overall"]
     assert Image.open(out.with_suffix(".png")).size[1] > 6 * 16  # one row per category
+    # the failures, tallied: every failing image once, by category and the scorer's reason
+    failing = sum(len(p["passed"]) - sum(p["passed"]) for p in r["per_prompt"])
+    assert sum(f["images"] for f in r["failures"]) == failing and f"most frequent failures ({failing} images)" in printed
+
+
+def test_failures_add_up_like_reasons_and_leave_out_the_detected_objects():
+    from latentdiff.eval.run import tally
+
+    rows = [{"prompt": "a", "category": "position", "passed": [False, False, True],
+             "reasons": ["relation below does not hold", "relation below does not hold", ""]},
+            {"prompt": "b", "category": "colors", "passed": [False, False],
+             "reasons": ["objects red circle do not match the prompt", "objects blue star do not match the prompt"]},
+            {"prompt": "c", "category": "position", "passed": [False], "reasons": ["3 objects, want 2"]}]
+    result = tally(rows, settings={}, seconds=0.0)
+    assert result.failures() == [("colors", "objects do not match the prompt", 2),
+                                 ("position", "relation below does not hold", 2), ("position", "3 objects, want 2", 1)]
+    assert result.failure_table(top=1).splitlines() == ["most frequent failures (5 images):",
+                                                        "     2  colors         objects do not match the prompt"]
 
 
 def test_latentdiff_eval_bad_arguments(tmp_path, capsys):

@@ -66,6 +66,10 @@ def test_two_recipes_are_trained_in_slices_scored_and_not_trained_again(tmp_path
             assert set(p["denoising_loss"]) == {"heldout", "train"}
             assert all(v["loss"] > 0 and v["images"] == 256 for v in p["denoising_loss"].values())
     assert {p["denoising_loss"]["heldout"]["space"] for p in results["recipes"]["v"]["points"]} == {"ddpm/v_prediction"}
+    from latentdiff.eval.text_probe import PROBES
+
+    for entry in results["recipes"].values():  # and whether its text encoder tells the checked words apart
+        assert all(set(p["text_probe"]) == set(PROBES) for p in entry["points"])
     before = (tmp_path / "run" / "eps" / "speedrun.log").read_text().count("$ ")
     again = speedrun(config, progress=False)  # every point is there: nothing is trained again
     assert (tmp_path / "run" / "eps" / "speedrun.log").read_text().count("$ ") == before == 2
@@ -81,7 +85,7 @@ def test_two_recipes_are_trained_in_slices_scored_and_not_trained_again(tmp_path
     (row,) = scored["folders"].values()
     last = results["recipes"]["eps"]["points"][-1]
     assert (row["overall"], row["categories"], row["steps"]) == (last["overall"], last["categories"], last["steps"])
-    assert row["denoising_loss"] == last["denoising_loss"]
+    assert row["denoising_loss"] == last["denoising_loss"] and row["text_probe"] == last["text_probe"]
     assert (tmp_path / "scored" / row["grid"]).is_file() and "pipeline" in scored_table(scored)
     with pytest.raises(ValueError, match="scored another way"):
         score_only(SpeedrunConfig(recipes=[], score=[str(tmp_path / "run" / "eps" / "pipeline")],

@@ -35,6 +35,7 @@ from typing import Any
 
 from latentdiff.bench.report import figure, save_figure
 from latentdiff.eval.prompts import read_prompt_set
+from latentdiff.eval.text_probe import probe_line
 from latentdiff.eval.run import marked_grid
 from latentdiff.training.hardware import machine_description
 
@@ -106,10 +107,13 @@ def train_slice(recipe: str, run_dir: Path, minutes: float, extra: list[str]) ->
 
 
 def score_folder(folder: Path, config: SpeedrunConfig):
-    """(EvalResult on the speedrun's prompt subset, {scenes: held-out denoising loss}) of a pipeline folder."""
+    """(EvalResult on the speedrun's prompt subset, {scenes: held-out denoising loss}, text probe) of a pipeline
+    folder. The text probe (latentdiff/eval/text_probe.py) says whether the text encoder still tells apart the
+    words the scorer checks (relation, count, colour, shape)."""
     from latentdiff.bench.samplers import select_prompts
     from latentdiff.eval.denoising_loss import denoising_loss
     from latentdiff.eval.run import evaluate
+    from latentdiff.eval.text_probe import text_probe
     from latentdiff.pipelines import LatentDiffusionPipeline
 
     pipe = LatentDiffusionPipeline.from_pretrained(str(folder))
@@ -118,7 +122,7 @@ def score_folder(folder: Path, config: SpeedrunConfig):
     losses = {name: denoising_loss(pipe, source) for name, source in LOSS_SCENES.items()}
     return evaluate(pipe, prompts, sampler=config.sampler, steps=config.steps, guidance=config.guidance,
                     images_per_prompt=config.images_per_prompt, seed=config.seed, progress=False,
-                    keep_images=True), losses
+                    keep_images=True), losses, text_probe(pipe)
 
 
 def minutes_to(points: list[dict[str, Any]], threshold: float) -> float | None:
@@ -176,7 +180,7 @@ def speedrun(config: SpeedrunConfig, progress: bool = True) -> dict[str, Any]:
                 continue
             start = time.perf_counter()
             summary = train_slice(recipe, out / name, minutes, config.extra)
-            scored, losses = score_folder(out / name / "pipeline", config)
+            scored, losses, probe = score_folder(out / name / "pipeline", config)
             grid = out / name / f"samples-{minutes:g}min.png"  # what the score saw, pass/fail framed
             per_category = max(Counter(p["category"] for p in scored.per_prompt).values())
             marked_grid(scored, per_category=per_category).save(grid)
@@ -185,12 +189,13 @@ def speedrun(config: SpeedrunConfig, progress: bool = True) -> dict[str, Any]:
                      "cpu_seconds": summary.get("cpu_seconds_all_invocations"),
                      "images_per_s": summary.get("images_per_s"), "epochs": summary.get("epochs"),
                      "wall_seconds_with_scoring": time.perf_counter() - start, "hardware": summary.get("hardware"),
-                     "grid": str(grid.relative_to(out)), "denoising_loss": losses}
+                     "grid": str(grid.relative_to(out)), "denoising_loss": losses, "text_probe": probe}
             entry["points"].append(point)
             entry["points"].sort(key=lambda p: p["minutes"])
             if progress:
                 print(f"{name}: {minutes:g} min, step {point['steps']}, overall {point['overall']:.3f}, held-out "
-                      f"loss {losses['heldout']['loss']:.4f} ({losses['heldout']['space']})", flush=True)
+                      f"loss {losses['heldout']['loss']:.4f} ({losses['heldout']['space']}); text probe: "
+                      f"{probe_line(probe)}", flush=True)
             entry["minutes_to"] = {str(t): minutes_to(entry["points"], t) for t in THRESHOLDS}
             path.write_text(json.dumps(results, indent=2) + "\n")
     return results
@@ -205,17 +210,18 @@ def score_only(config: SpeedrunConfig, progress: bool = True) -> dict[str, Any]:
     results = _scored_the_same_way(path, config) if path.is_file() else {"folders": {}}
     results["config"] = asdict(config)  # a score does not depend on the machine, so no machine check here
     for folder in config.score:
-        scored, losses = score_folder(Path(folder), config)
+        scored, losses, probe = score_folder(Path(folder), config)
         name = "-".join(Path(folder).resolve().parts[-2:])  # e.g. RUN-pipeline: two runs' folders stay apart
         grid = out / f"{name}-samples.png"
         marked_grid(scored, per_category=max(Counter(p["category"] for p in scored.per_prompt).values())).save(grid)
         summary = Path(folder) / "training_summary.json"
         steps = json.loads(summary.read_text()).get("steps") if summary.is_file() else None
         results["folders"][str(folder)] = {"overall": scored.overall, "categories": scored.categories,
-                                           "steps": steps, "denoising_loss": losses, "grid": grid.name}
+                                           "steps": steps, "denoising_loss": losses, "text_probe": probe,
+                                           "grid": grid.name}
         if progress:
             print(f"{folder}: overall {scored.overall:.3f}, held-out loss {losses['heldout']['loss']:.5f} "
-                  f"({losses['heldout']['space']}), step {steps}", flush=True)
+                  f"({losses['heldout']['space']}), step {steps}; text probe: {probe_line(probe)}", flush=True)
         path.write_text(json.dumps(results, indent=2) + "\n")
     return results
 

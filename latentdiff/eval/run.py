@@ -43,6 +43,23 @@ class EvalResult:
     def overall(self) -> float:
         return sum(self.categories.values()) / len(self.categories)
 
+    def failures(self) -> list[tuple[str, str, int]]:
+        """(category, reason, images) of the failing images, most frequent first. A reason is the scorer's, with
+        the detected objects left out ("objects ... do not match the prompt"), so that like failures add up."""
+        counts: dict[tuple[str, str], int] = {}
+        for p in self.per_prompt:
+            for passed, reason in zip(p["passed"], p["reasons"]):
+                if not passed:
+                    kind = "objects do not match the prompt" if reason.startswith("objects ") else reason
+                    counts[p["category"], kind] = counts.get((p["category"], kind), 0) + 1
+        return [(c, r, n) for (c, r), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+    def failure_table(self, top: int = 10) -> str:
+        """The `top` most frequent failures, one line each."""
+        rows = self.failures()
+        return "\n".join([f"most frequent failures ({sum(n for *_, n in rows)} images):"]
+                         + [f"  {n:>4}  {c:<14} {r}" for c, r, n in rows[:top]])
+
     def table(self, ceiling: "EvalResult | None" = None) -> str:
         """One row per category: score and images passed; with `ceiling`, the VAE ceiling beside them."""
         extra = lambda v: f"  {v:>12.3f}" if ceiling is not None else ""  # noqa: E731
@@ -156,6 +173,7 @@ def report(result: EvalResult, model: str, prompts_path: str, command: str,
         "ceiling": None if ceiling is None else {"overall": ceiling.overall, "categories": ceiling.categories,
                                                  "settings": ceiling.settings},
         "dataset": {"name": f"ShapesWorld prompts ({stem})", "id": prompts_path},
+        "failures": [{"category": c, "reason": r, "images": n} for c, r, n in result.failures()],
         "per_prompt": result.per_prompt,
     }
 
@@ -216,6 +234,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{loaded.source}: {len(prompts)} prompts x {args.images_per_prompt} images, {args.sampler} "
           f"{args.steps} steps, guidance {args.guidance}, {result.seconds:.1f} s")
     print(result.table(ceiling))
+    print(result.failure_table())
     command = "latentdiff eval " + shlex.join(
         model_flags(args) + [f"--prompts={args.prompts}", f"--sampler={args.sampler}",
          f"--steps={args.steps}", f"--guidance={args.guidance}", f"--images-per-prompt={args.images_per_prompt}",
