@@ -35,7 +35,7 @@ from typing import Any
 
 from latentdiff.bench.report import figure, save_figure
 from latentdiff.eval.prompts import read_prompt_set
-from latentdiff.eval.text_probe import probe_line
+from latentdiff.eval.text_probe import probe_line, text_probe
 from latentdiff.eval.run import marked_grid
 from latentdiff.training.hardware import machine_description
 
@@ -113,7 +113,6 @@ def score_folder(folder: Path, config: SpeedrunConfig):
     from latentdiff.bench.samplers import select_prompts
     from latentdiff.eval.denoising_loss import denoising_loss
     from latentdiff.eval.run import evaluate
-    from latentdiff.eval.text_probe import text_probe
     from latentdiff.pipelines import LatentDiffusionPipeline
 
     pipe = LatentDiffusionPipeline.from_pretrained(str(folder))
@@ -123,6 +122,12 @@ def score_folder(folder: Path, config: SpeedrunConfig):
     return evaluate(pipe, prompts, sampler=config.sampler, steps=config.steps, guidance=config.guidance,
                     images_per_prompt=config.images_per_prompt, seed=config.seed, progress=False,
                     keep_images=True), losses, text_probe(pipe)
+
+
+def save_grid(scored, path: Path) -> Path:
+    """What the score saw: one row per category, every scored prompt's first image framed pass/fail."""
+    marked_grid(scored, per_category=max(Counter(p["category"] for p in scored.per_prompt).values())).save(path)
+    return path
 
 
 def minutes_to(points: list[dict[str, Any]], threshold: float) -> float | None:
@@ -181,9 +186,7 @@ def speedrun(config: SpeedrunConfig, progress: bool = True) -> dict[str, Any]:
             start = time.perf_counter()
             summary = train_slice(recipe, out / name, minutes, config.extra)
             scored, losses, probe = score_folder(out / name / "pipeline", config)
-            grid = out / name / f"samples-{minutes:g}min.png"  # what the score saw, pass/fail framed
-            per_category = max(Counter(p["category"] for p in scored.per_prompt).values())
-            marked_grid(scored, per_category=per_category).save(grid)
+            grid = save_grid(scored, out / name / f"samples-{minutes:g}min.png")
             point = {"minutes": minutes, "overall": scored.overall, "categories": scored.categories,
                      "steps": summary["steps"], "train_seconds": summary["train_seconds_all_invocations"],
                      "cpu_seconds": summary.get("cpu_seconds_all_invocations"),
@@ -212,8 +215,7 @@ def score_only(config: SpeedrunConfig, progress: bool = True) -> dict[str, Any]:
     for folder in config.score:
         scored, losses, probe = score_folder(Path(folder), config)
         name = "-".join(Path(folder).resolve().parts[-2:])  # e.g. RUN-pipeline: two runs' folders stay apart
-        grid = out / f"{name}-samples.png"
-        marked_grid(scored, per_category=max(Counter(p["category"] for p in scored.per_prompt).values())).save(grid)
+        grid = save_grid(scored, out / f"{name}-samples.png")
         summary = Path(folder) / "training_summary.json"
         steps = json.loads(summary.read_text()).get("steps") if summary.is_file() else None
         results["folders"][str(folder)] = {"overall": scored.overall, "categories": scored.categories,
@@ -323,8 +325,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = SpeedrunConfig(recipes=args.recipes, score=args.score, minutes=args.minutes, every=args.every, prompts=args.prompts,
-                            max_prompts=args.max_prompts, images_per_prompt=args.images_per_prompt, steps=args.steps,
+    config = SpeedrunConfig(recipes=args.recipes, score=args.score, minutes=args.minutes, every=args.every,
+                            prompts=args.prompts, max_prompts=args.max_prompts, images_per_prompt=args.images_per_prompt, steps=args.steps,
                             guidance=args.guidance, sampler=args.sampler, seed=args.seed, out=args.out,
                             extra=args.extra)
     if config.score:
