@@ -70,6 +70,9 @@ def test_two_recipes_are_trained_in_slices_scored_and_not_trained_again(tmp_path
 
     for entry in results["recipes"].values():  # and whether its text encoder tells the checked words apart
         assert all(set(p["text_probe"]) == set(PROBES) for p in entry["points"])
+        # and whether its UNet denoises position scenes better with their true relation word than the reversed
+        assert all(0 <= p["relation_use"]["true_lower"] <= 1 and p["relation_use"]["scenes"] == 256
+                   for p in entry["points"])
     before = (tmp_path / "run" / "eps" / "speedrun.log").read_text().count("$ ")
     again = speedrun(config, progress=False)  # every point is there: nothing is trained again
     assert (tmp_path / "run" / "eps" / "speedrun.log").read_text().count("$ ") == before == 2
@@ -86,6 +89,7 @@ def test_two_recipes_are_trained_in_slices_scored_and_not_trained_again(tmp_path
     last = results["recipes"]["eps"]["points"][-1]
     assert (row["overall"], row["categories"], row["steps"]) == (last["overall"], last["categories"], last["steps"])
     assert row["denoising_loss"] == last["denoising_loss"] and row["text_probe"] == last["text_probe"]
+    assert row["relation_use"] == last["relation_use"]
     assert (tmp_path / "scored" / row["grid"]).is_file() and "pipeline" in scored_table(scored)
     with pytest.raises(ValueError, match="scored another way"):
         score_only(SpeedrunConfig(recipes=[], score=[str(tmp_path / "run" / "eps" / "pipeline")],

@@ -109,7 +109,9 @@ def test_shapesworld_stream_parses_and_refuses_bad_options():
                        ("shapesworld:train?n=0", "n >= 1"), ("shapesworld:train?seed=x", "whole numbers"),
                        ("shapesworld:train?fresh=maybe", "fresh must be true or false"),
                        ("shapesworld:train?templates=0", "templates >= 1"),
-                       ("shapesworld:train?templates=two", "whole numbers")):
+                       ("shapesworld:train?templates=two", "whole numbers"),
+                       ("shapesworld:train?categories=position,squares", "categories must name"),
+                       ("shapesworld:train?categories=", "categories must name")):
         with pytest.raises(ValueError, match=match):
             ShapesWorldStream.parse(bad)
 
@@ -141,6 +143,19 @@ def test_templates_option_rewords_captions_and_keeps_the_images():
         assert every[i]["caption"] == scene.caption
     assert torch.equal(one[7]["pixel_values"], every[7]["pixel_values"])
     assert any(one[i]["caption"] != every[i]["caption"] for i in range(200))  # some scenes had other wordings
+
+
+def test_categories_option_draws_only_those_scenes_under_their_own_cache_keys():
+    stream = ShapesWorldStream.parse("shapesworld:train?n=60&fresh=false&categories=position,counting")
+    assert stream.categories == ("position", "counting")
+    only = ShapesWorldDataset(stream, 16)
+    every = ShapesWorldDataset(ShapesWorldStream("train", 0, 60, False), 16)
+    kinds = {only.scene(i, 0)[1].category for i in range(60)}
+    assert kinds == {"position", "counting"} and len({every.scene(i, 0)[1].category for i in range(60)}) == 6
+    sample = only[4]
+    scene = only.scene(4, 0)[1]
+    assert sample["caption"] == scene.caption and sample["key"] != every[4]["key"]  # a shared cache cannot mix them
+    torch.testing.assert_close(sample["pixel_values"], to_tensor([render(scene, size=16)])[0])
 
 
 def test_a_shapesworld_loader_batches_like_a_folder():

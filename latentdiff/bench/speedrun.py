@@ -107,21 +107,34 @@ def train_slice(recipe: str, run_dir: Path, minutes: float, extra: list[str]) ->
 
 
 def score_folder(folder: Path, config: SpeedrunConfig):
-    """(EvalResult on the speedrun's prompt subset, {scenes: held-out denoising loss}, text probe) of a pipeline
-    folder. The text probe (latentdiff/eval/text_probe.py) says whether the text encoder still tells apart the
-    words the scorer checks (relation, count, colour, shape)."""
+    """(EvalResult on the speedrun's prompt subset, measures) of a pipeline folder. `measures`: "denoising_loss"
+    ({scenes: held-out denoising loss}), "text_probe" (latentdiff/eval/text_probe.py: does the text encoder still
+    tell apart the words the scorer checks) and "relation_use" (latentdiff/eval/relation_use.py: does the UNet
+    denoise position scenes better with their true relation word than with the reversed one)."""
     from latentdiff.bench.samplers import select_prompts
     from latentdiff.eval.denoising_loss import denoising_loss
+    from latentdiff.eval.relation_use import relation_use
     from latentdiff.eval.run import evaluate
     from latentdiff.pipelines import LatentDiffusionPipeline
 
     pipe = LatentDiffusionPipeline.from_pretrained(str(folder))
     pipe.set_progress_bar_config(disable=True)
     prompts = select_prompts(read_prompt_set(config.prompts), config.max_prompts)
-    losses = {name: denoising_loss(pipe, source) for name, source in LOSS_SCENES.items()}
+    measures = {"denoising_loss": {name: denoising_loss(pipe, source) for name, source in LOSS_SCENES.items()},
+                "text_probe": text_probe(pipe), "relation_use": relation_use(pipe)}
     return evaluate(pipe, prompts, sampler=config.sampler, steps=config.steps, guidance=config.guidance,
                     images_per_prompt=config.images_per_prompt, seed=config.seed, progress=False,
-                    keep_images=True), losses, text_probe(pipe)
+                    keep_images=True), measures
+
+
+def measures_line(measures: dict[str, Any]) -> str:
+    """One line of a point's companions to the score: held-out loss, text probe, relation use."""
+    loss, use = measures["denoising_loss"]["heldout"], measures.get("relation_use")
+    line = f"held-out loss {loss['loss']:.4f} ({loss['space']}); text probe: {probe_line(measures['text_probe'])}"
+    if use:  # points measured before relation use was recorded have none
+        line += (f"; relation use: gap {use['gap']:+.2%} (noisier half {use['gap_noisier_half']:+.2%}), true "
+                 f"caption lower {use['true_lower']:.2f}")
+    return line
 
 
 def save_grid(scored, path: Path) -> Path:
@@ -185,20 +198,19 @@ def speedrun(config: SpeedrunConfig, progress: bool = True) -> dict[str, Any]:
                 continue
             start = time.perf_counter()
             summary = train_slice(recipe, out / name, minutes, config.extra)
-            scored, losses, probe = score_folder(out / name / "pipeline", config)
+            scored, measures = score_folder(out / name / "pipeline", config)
             grid = save_grid(scored, out / name / f"samples-{minutes:g}min.png")
             point = {"minutes": minutes, "overall": scored.overall, "categories": scored.categories,
                      "steps": summary["steps"], "train_seconds": summary["train_seconds_all_invocations"],
                      "cpu_seconds": summary.get("cpu_seconds_all_invocations"),
                      "images_per_s": summary.get("images_per_s"), "epochs": summary.get("epochs"),
                      "wall_seconds_with_scoring": time.perf_counter() - start, "hardware": summary.get("hardware"),
-                     "grid": str(grid.relative_to(out)), "denoising_loss": losses, "text_probe": probe}
+                     "grid": str(grid.relative_to(out)), **measures}
             entry["points"].append(point)
             entry["points"].sort(key=lambda p: p["minutes"])
             if progress:
-                print(f"{name}: {minutes:g} min, step {point['steps']}, overall {point['overall']:.3f}, held-out "
-                      f"loss {losses['heldout']['loss']:.4f} ({losses['heldout']['space']}); text probe: "
-                      f"{probe_line(probe)}", flush=True)
+                print(f"{name}: {minutes:g} min, step {point['steps']}, overall {point['overall']:.3f}; "
+                      f"{measures_line(measures)}", flush=True)
             entry["minutes_to"] = {str(t): minutes_to(entry["points"], t) for t in THRESHOLDS}
             path.write_text(json.dumps(results, indent=2) + "\n")
     return results
@@ -213,17 +225,15 @@ def score_only(config: SpeedrunConfig, progress: bool = True) -> dict[str, Any]:
     results = _scored_the_same_way(path, config) if path.is_file() else {"folders": {}}
     results["config"] = asdict(config)  # a score does not depend on the machine, so no machine check here
     for folder in config.score:
-        scored, losses, probe = score_folder(Path(folder), config)
+        scored, measures = score_folder(Path(folder), config)
         name = "-".join(Path(folder).resolve().parts[-2:])  # e.g. RUN-pipeline: two runs' folders stay apart
         grid = save_grid(scored, out / f"{name}-samples.png")
         summary = Path(folder) / "training_summary.json"
         steps = json.loads(summary.read_text()).get("steps") if summary.is_file() else None
         results["folders"][str(folder)] = {"overall": scored.overall, "categories": scored.categories,
-                                           "steps": steps, "denoising_loss": losses, "text_probe": probe,
-                                           "grid": grid.name}
+                                           "steps": steps, **measures, "grid": grid.name}
         if progress:
-            print(f"{folder}: overall {scored.overall:.3f}, held-out loss {losses['heldout']['loss']:.5f} "
-                  f"({losses['heldout']['space']}), step {steps}; text probe: {probe_line(probe)}", flush=True)
+            print(f"{folder}: overall {scored.overall:.3f}, step {steps}; {measures_line(measures)}", flush=True)
         path.write_text(json.dumps(results, indent=2) + "\n")
     return results
 

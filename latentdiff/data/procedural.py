@@ -11,7 +11,9 @@ epoch e is scene `e * n + i` of the dataset (seed, split), so no scene is ever s
 it is scene i in every epoch: the same images as `latentdiff shapes --n N --seed S` writes to disk, without the
 disk. `templates=K` words every caption with one of the first K paraphrase templates of its category
 (`latentdiff.data.shapes.TEMPLATES`; the scene's own template index modulo K, so the images are unchanged):
-`templates=1` trains on one fixed wording per category, for the caption-variety ablation. Samples are the same dicts `CaptionedImageDataset` gives (see `latentdiff.data.dataset`), so the loaders,
+`templates=1` trains on one fixed wording per category, for the caption-variety ablation. `categories=a,b` draws
+only scenes of those categories (`latentdiff.data.shapes.CATEGORIES`), in their default proportions: e.g.
+`categories=position` for a run that sees nothing but relations. Samples are the same dicts `CaptionedImageDataset` gives (see `latentdiff.data.dataset`), so the loaders,
 the bucket sampler, caches and resume positions work unchanged; the cache key names the scene, so the latent
 cache works for a fixed set (a fresh stream has nothing to reuse).
 """
@@ -27,7 +29,8 @@ import torch
 from torch.utils.data import Dataset
 
 from latentdiff.data.decode import SkipCounter
-from latentdiff.data.shapes import SPLITS, TEMPLATES, SceneSpec, make_caption, render, scene_at
+from latentdiff.data.shapes import (CATEGORIES, DEFAULT_CATEGORY_WEIGHTS, SPLITS, TEMPLATES, SceneSpec,
+                                    ShapesWorldConfig, make_caption, render, scene_at)
 
 PREFIX = "shapesworld:"
 
@@ -41,18 +44,27 @@ class ShapesWorldStream:
     n: int = 20000  # samples per epoch
     fresh: bool = True  # True: new scenes every epoch; False: the same n scenes every epoch
     templates: int | None = None  # captions from the first this many templates of each category (None: all)
+    categories: tuple[str, ...] | None = None  # only scenes of these categories (None: all, default mix)
+
+    @property
+    def scene_config(self) -> ShapesWorldConfig | None:
+        """The ShapesWorld config scenes are drawn with (None: the default one)."""
+        if self.categories is None:
+            return None
+        return ShapesWorldConfig(category_weights={c: DEFAULT_CATEGORY_WEIGHTS[c] for c in self.categories})
 
     @classmethod
     def parse(cls, text: str) -> "ShapesWorldStream":
         """`shapesworld:SPLIT?seed=S&n=N&fresh=BOOL`; ValueError saying what to write otherwise."""
-        usage = "write it as shapesworld:train?seed=0&n=20000&fresh=true (optionally &templates=K)"
+        usage = ("write it as shapesworld:train?seed=0&n=20000&fresh=true (optionally &templates=K and "
+                 "&categories=a,b)")
         parts = urlsplit(text[len(PREFIX):] if text.startswith(PREFIX) else text)
         split = parts.path or "train"
         if split not in (*SPLITS, "both"):
             raise ValueError(f"train_data {text!r}: unknown split {split!r}; choose one of {(*SPLITS, 'both')} "
                              f"({usage})")
         opts = dict(parse_qsl(parts.query, keep_blank_values=True))
-        unknown = set(opts) - {"seed", "n", "fresh", "templates"}
+        unknown = set(opts) - {"seed", "n", "fresh", "templates", "categories"}
         if unknown:
             raise ValueError(f"train_data {text!r}: unknown option(s) {sorted(unknown)} ({usage})")
         try:
@@ -65,7 +77,10 @@ class ShapesWorldStream:
             raise ValueError(f"train_data {text!r}: fresh must be true or false ({usage})")
         if seed < 0 or n < 1 or (templates is not None and templates < 1):
             raise ValueError(f"train_data {text!r}: need seed >= 0, n >= 1 and templates >= 1 ({usage})")
-        return cls(split, seed, n, fresh in ("true", "1"), templates)
+        categories = tuple(c for c in opts["categories"].split(",") if c) if "categories" in opts else None
+        if categories is not None and (not categories or set(categories) - set(CATEGORIES)):
+            raise ValueError(f"train_data {text!r}: categories must name some of {', '.join(CATEGORIES)} ({usage})")
+        return cls(split, seed, n, fresh in ("true", "1"), templates, categories)
 
 
 def is_procedural(train_data: str) -> bool:
@@ -83,6 +98,7 @@ class ShapesWorldDataset(Dataset):
 
     def __init__(self, stream: ShapesWorldStream, resolution: int):
         self.stream, self.resolution = stream, resolution
+        self.scene_config = stream.scene_config  # built (and validated) once, not per scene
         self.bucket_ids = [0] * stream.n  # one square bucket (BucketBatchSampler reads this)
         self.skips = SkipCounter()  # nothing is ever skipped: there are no files
 
@@ -101,7 +117,7 @@ class ShapesWorldDataset(Dataset):
         """(scene index, scene) of item `pos` in `epoch`."""
         s = self.stream
         index = self.scene_index(pos, epoch)
-        return index, scene_at(index, s.seed, s.split if s.split != "both" else SPLITS[index % 2])
+        return index, scene_at(index, s.seed, s.split if s.split != "both" else SPLITS[index % 2], self.scene_config)
 
     def caption(self, scene) -> str:
         """The scene's caption, reworded with one of the first `templates` templates of its category if asked."""
@@ -120,7 +136,8 @@ class ShapesWorldDataset(Dataset):
         s = self.stream
         index, scene = self.scene(pos, epoch)
         size = self.resolution
+        only = "" if s.categories is None else "-" + "+".join(s.categories)  # another stream: other cache keys
         return {"pixel_values": image_tensor(render(scene, size=size)),  # (3, size, size)
-                "caption": self.caption(scene), "key": f"shapesworld-{s.split}-{s.seed}-{index}-{size}",
-                "name": f"shapesworld:{s.split}/{s.seed}/{index}", "original_size": (size, size),
+                "caption": self.caption(scene), "key": f"shapesworld-{s.split}-{s.seed}{only}-{index}-{size}",
+                "name": f"shapesworld:{s.split}/{s.seed}{only}/{index}", "original_size": (size, size),
                 "crop_top_left": (0, 0), "bucket": 0, "target_size": (size, size), "skipped": []}

@@ -41,7 +41,57 @@ def loss_space(training_config: dict[str, Any]) -> str:
             "cld": "cld/score"}.get(process, process)
 
 
+def plain_objective(pipe, training_config: dict[str, Any] | None):
+    """(the model's training config, its objective with the plain weighting PLAIN) for a pipeline folder's model."""
+    if training_config is None:
+        path = Path(pipe.config._name_or_path) / "training_config.json"
+        if not path.is_file():
+            raise ValueError(f"{path.parent}: no training_config.json, so its process and target are unknown; "
+                             "pass training_config=")
+        training_config = json.loads(path.read_text())
+    options = SimpleNamespace(**{**training_config, **PLAIN})
+    process = training_config.get("process", "ddpm")
+    return training_config, objective_row(process).build(dict(pipe.scheduler.config), options)
+
+
 @torch.no_grad()
+def embedded_batches(pipe, items: list[tuple[torch.Tensor, str]], batch_size: int):
+    """[(z0 (B, C, h, w), text (B, 77, D))]: each (image (3, H, W), caption) pair's posterior-mean latent times
+    `scaling_factor` and its caption as the pipeline embeds prompts (no guidance), in batches of `batch_size`."""
+    vae, device = pipe.vae, pipe.unet.device
+    batches = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        x = torch.stack([image for image, _ in chunk]).to(device, vae.dtype)  # (B, 3, H, W)
+        z0 = vae.encode(x).latent_dist.mean.float() * vae.config.scaling_factor  # (B, C, h, w)
+        text, _ = pipe.encode_prompt([caption for _, caption in chunk], device, do_classifier_free_guidance=False)
+        batches.append((z0, text))  # (B, 77, D)
+    return batches
+
+
+@torch.no_grad()
+def per_sample_losses(unet, objective, batches, *, draws: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(losses, timesteps), each (draws, N): the objective's unreduced loss of every item of `batches` under draw
+    d's noise (`torch.Generator` seeded `seed + d`, drawn on the CPU), and the UNet timestep it was drawn at. Two
+    calls with batches of the same shapes draw the same timesteps and noise."""
+    device = unet.device
+    losses, timesteps = [], []
+    for d in range(draws):
+        generator = torch.Generator(device="cpu").manual_seed(seed + d)
+        row_l, row_t = [], []
+        for z0, text in batches:
+            noised = objective.perturb(z0.cpu(), generator)  # drawn on the CPU: the same numbers on any device
+            for name, value in vars(noised).items():
+                if isinstance(value, torch.Tensor):
+                    setattr(noised, name, value.to(device))
+            pred = unet(noised.noisy.to(unet.dtype), noised.timesteps, text.to(unet.dtype)).sample
+            row_l.append(objective.loss(pred, noised).float().cpu())  # (B,)
+            row_t.append(noised.timesteps.float().cpu())  # (B,)
+        losses.append(torch.cat(row_l))
+        timesteps.append(torch.cat(row_t))
+    return torch.stack(losses), torch.stack(timesteps)  # (draws, N) each
+
+
 def denoising_loss(pipe, source: str, *, training_config: dict[str, Any] | None = None, draws: int = 4,
                    seed: int = 0, batch_size: int = 64) -> dict[str, Any]:
     """{"loss": mean unweighted objective over `draws` x the scenes of `source`, "space": loss_space, ...}.
@@ -52,40 +102,14 @@ def denoising_loss(pipe, source: str, *, training_config: dict[str, Any] | None 
     "shapesworld:train?seed=1&n=256&fresh=false" (new scenes of the training split)."""
     if draws < 1 or batch_size < 1:
         raise ValueError(f"denoising_loss: draws and batch_size must be >= 1, got {draws} and {batch_size}")
-    if training_config is None:
-        path = Path(pipe.config._name_or_path) / "training_config.json"
-        if not path.is_file():
-            raise ValueError(f"{path.parent}: no training_config.json, so its process and target are unknown; "
-                             "pass training_config=")
-        training_config = json.loads(path.read_text())
-    options = SimpleNamespace(**{**training_config, **PLAIN})
-    process = training_config.get("process", "ddpm")
-    objective = objective_row(process).build(dict(pipe.scheduler.config), options)
+    training_config, objective = plain_objective(pipe, training_config)
     data = ShapesWorldDataset(ShapesWorldStream.parse(source), int(training_config["resolution"]))
-    device = pipe.unet.device
-    vae, unet = pipe.vae, pipe.unet
 
     # 1. The scenes' latents and caption embeddings, once
-    batches = []
-    for start in range(0, len(data), batch_size):
-        items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
-        x = torch.stack([it["pixel_values"] for it in items]).to(device, vae.dtype)  # (B, 3, H, W)
-        z0 = vae.encode(x).latent_dist.mean.float() * vae.config.scaling_factor  # (B, C, h, w)
-        text, _ = pipe.encode_prompt([it["caption"] for it in items], device, do_classifier_free_guidance=False)
-        batches.append((z0, text))  # (B, 77, D): the captions as the pipeline embeds prompts
+    items = [(it["pixel_values"], it["caption"]) for it in (data[i] for i in range(len(data)))]
+    batches = embedded_batches(pipe, items, batch_size)
 
     # 2. The objective on each, with the same noise for every model
-    total, count = 0.0, 0
-    for d in range(draws):
-        generator = torch.Generator(device="cpu").manual_seed(seed + d)
-        for z0, text in batches:
-            noised = objective.perturb(z0.cpu(), generator)  # drawn on the CPU: the same numbers on any device
-            for name, value in vars(noised).items():
-                if isinstance(value, torch.Tensor):
-                    setattr(noised, name, value.to(device))
-            pred = unet(noised.noisy.to(unet.dtype), noised.timesteps, text.to(unet.dtype)).sample
-            loss = objective.loss(pred, noised)  # (B,)
-            total += loss.sum().item()
-            count += loss.numel()
-    return {"loss": total / count, "space": loss_space(training_config), "source": source, "draws": draws,
-            "seed": seed, "images": len(data)}
+    losses, _ = per_sample_losses(pipe.unet, objective, batches, draws=draws, seed=seed)  # (draws, N)
+    return {"loss": losses.double().mean().item(), "space": loss_space(training_config), "source": source,
+            "draws": draws, "seed": seed, "images": len(data)}
