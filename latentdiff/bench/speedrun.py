@@ -129,12 +129,10 @@ def score_folder(folder: Path, config: SpeedrunConfig):
 
 def measures_line(measures: dict[str, Any]) -> str:
     """One line of a point's companions to the score: held-out loss, text probe, relation use."""
-    loss, use = measures["denoising_loss"]["heldout"], measures.get("relation_use")
-    line = f"held-out loss {loss['loss']:.4f} ({loss['space']}); text probe: {probe_line(measures['text_probe'])}"
-    if use:  # points measured before relation use was recorded have none
-        line += (f"; relation use: gap {use['gap']:+.2%} (noisier half {use['gap_noisier_half']:+.2%}), true "
-                 f"caption lower {use['true_lower']:.2f}")
-    return line
+    loss, use = measures["denoising_loss"]["heldout"], measures["relation_use"]
+    return (f"held-out loss {loss['loss']:.4f} ({loss['space']}); text probe: {probe_line(measures['text_probe'])}; "
+            f"relation use: gap {use['gap']:+.2%} (noisier half {use['gap_noisier_half']:+.2%}), true caption "
+            f"lower {use['true_lower']:.2f}")
 
 
 def save_grid(scored, path: Path) -> Path:

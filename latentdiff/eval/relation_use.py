@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from latentdiff.data.procedural import ShapesWorldDataset, ShapesWorldStream, image_tensor
-from latentdiff.data.shapes import make_caption, render
+from latentdiff.data.procedural import ShapesWorldDataset, ShapesWorldStream
+from latentdiff.data.shapes import make_caption
 from latentdiff.eval.denoising_loss import embedded_batches, loss_space, per_sample_losses, plain_objective
 
 REVERSED = {"above": "below", "below": "above", "left_of": "right_of", "right_of": "left_of"}
@@ -45,8 +45,8 @@ def position_scenes(source: str, resolution: int, limit: int) -> list[tuple[torc
         relation = REVERSED[scene.relation]
         flipped = dataclasses.replace(scene, relation=relation,
                                       caption=make_caption(category, int(k), scene.objects, relation))
-        # data.caption: the stream's own wording (&templates=K rewords both the same way)
-        out.append((image_tensor(render(scene, size=resolution)), data.caption(scene), data.caption(flipped)))
+        sample = data[pos]  # the image and caption a training run gets; data.caption words the reversed one alike
+        out.append((sample["pixel_values"], sample["caption"], data.caption(flipped)))
         if len(out) == limit:
             break
     return out
