@@ -8,6 +8,13 @@
   downsampling factor 4 for 64x64 images, a 4-layer CLIP text model over a small ShapesWorld BPE vocabulary.
 - `sd15`: exactly Stable Diffusion 1.5's UNet, VAE and CLIP ViT-L/14 text encoder (random weights), for GPU
   benchmarks and fine-tuning code paths.
+
+The text encoder is one of two families (`TEXT_MODELS`), of the same width, depth and heads:
+- "clip": transformers' `CLIPTextModel`, as Stable Diffusion 1.x: causal self-attention, so a token sees only
+  the words before it ("red" in "a red circle above a blue star" cannot know it is the upper object).
+- "t5": transformers' `T5EncoderModel`, as Imagen (Saharia et al. 2022, sec. 4.4: T5 beats CLIP on
+  compositional prompts), SD3 and PixArt: bidirectional self-attention with relative position biases, so every
+  token sees the whole caption. Run, as SD3 runs its T5, without an attention mask over the padding.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
 
 from latentdiff.tokenizer import clip_tokenizer, shapes_tokenizer
 
@@ -42,10 +49,14 @@ class Preset:
     resolution: int  # the image size (pixels, square) the model is made for
     unet: dict[str, Any]  # UNet2DConditionModel kwargs
     vae: dict[str, Any]  # AutoencoderKL kwargs
-    text_encoder: dict[str, Any]  # CLIPTextConfig kwargs; vocab_size comes from the tokenizer
+    text_encoder: dict[str, Any]  # CLIPTextConfig kwargs (for "t5" too, mapped by text_encoder_of); vocab from the tokenizer
     tokenizer: Callable[[], CLIPTokenizer]  # builds the tokenizer, offline
     sampler: str = "dpm++2m"  # the named sampler (pipelines/samplers.py) the pipeline starts with
     process: dict[str, Any] = field(default_factory=lambda: dict(SD_PROCESS))  # the trained noise process
+    text_model: str = "clip"  # the text encoder's family, one of TEXT_MODELS
+
+
+TEXT_MODELS: tuple[str, ...] = ("clip", "t5")
 
 
 def _unet(blocks: tuple[int, ...], attention: tuple[bool, ...], **kw: Any) -> dict[str, Any]:
@@ -137,11 +148,14 @@ def get_preset(preset: str | Preset) -> Preset:
 def variant(preset: "str | Preset", *, unet_blocks: tuple[int, ...] | None = None,
             unet_attention: tuple[bool, ...] | None = None, unet_layers_per_block: int | None = None,
             unet_head_dim: int | None = None, text_layers: int | None = None, text_width: int | None = None,
-            text_heads: int | None = None) -> Preset:
+            text_heads: int | None = None, text_model: str | None = None) -> Preset:
     """The preset with another UNet (block widths, cross-attention levels top to bottom, ResNet layers per block,
     diffusers' attention_head_dim, which UNet2DConditionModel reads as the number of heads) and/or text encoder (layers, width, heads; the UNet's cross-attention width follows
-    the text width). None keeps the preset's value. For architecture ablations; a named preset is still a function."""
+    the text width) and the text encoder's family (TEXT_MODELS). None keeps the preset's value. For architecture
+    ablations; a named preset is still a function."""
     p = get_preset(preset)
+    if text_model is not None and text_model not in TEXT_MODELS:
+        raise ValueError(f"--text-model {text_model!r} is not one of {', '.join(TEXT_MODELS)}")
     unet, text = dict(p.unet), dict(p.text_encoder)
     if unet_blocks is not None or unet_attention is not None:
         attention = tuple("CrossAttn" in t for t in unet["down_block_types"])
@@ -171,7 +185,7 @@ def variant(preset: "str | Preset", *, unet_blocks: tuple[int, ...] | None = Non
         raise ValueError(f"text width {text['hidden_size']} must be a multiple of its heads {text['num_attention_heads']}")
     if any(v is not None and v < 1 for v in (unet_layers_per_block, unet_head_dim, text_layers, text_width, text_heads)):
         raise ValueError("UNet and text-encoder sizes must be >= 1")
-    return dataclasses.replace(p, unet=unet, text_encoder=text)
+    return dataclasses.replace(p, unet=unet, text_encoder=text, text_model=text_model or p.text_model)
 
 
 def fit_unet(preset: "str | Preset", process: str = "ddpm", latent_channels: int | None = None,
@@ -194,23 +208,33 @@ def build_components(preset: str | Preset, seed: int = 0) -> dict[str, Any]:
 
     p = get_preset(preset)
     tokenizer = p.tokenizer()
-    text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **p.text_encoder,
-    )
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**p.unet)
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(**p.vae)
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(text_config)
+    text_encoder = text_encoder_of(p, tokenizer)
     scheduler = make_scheduler(p.sampler, p.process)
     return dict(vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
                 scheduler=scheduler)
+
+
+def text_encoder_of(preset: str | Preset, tokenizer: CLIPTokenizer) -> CLIPTextModel | T5EncoderModel:
+    """The preset's text encoder with random weights (from torch's current seed), its vocabulary the tokenizer's."""
+    p = get_preset(preset)
+    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                   pad_token_id=tokenizer.pad_token_id)
+    if p.text_model == "clip":
+        return CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), **special, **p.text_encoder,
+                                            max_position_embeddings=tokenizer.model_max_length))
+    t = p.text_encoder
+    # The CLIP sizes in T5's names, with CLIP's plain (not gated) GELU MLP so that the two families have the same
+    # parameter count but for the position embeddings (T5: relative biases); no dropout, as CLIPTextModel.
+    config = T5Config(vocab_size=len(tokenizer), d_model=t["hidden_size"], d_ff=t["intermediate_size"],
+                      num_layers=t["num_hidden_layers"], num_heads=t["num_attention_heads"],
+                      d_kv=t["hidden_size"] // t["num_attention_heads"], feed_forward_proj="gelu",
+                      dropout_rate=0.0, decoder_start_token_id=tokenizer.pad_token_id, **special)
+    return T5EncoderModel(config)
 
 
 def build_pipeline(preset: str | Preset = "tiny", seed: int = 0):

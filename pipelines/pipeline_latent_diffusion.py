@@ -47,7 +47,8 @@ from diffusers.utils import (
     scale_lora_layers,
     unscale_lora_layers,
 )
-from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+from transformers import (CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection,
+                          T5EncoderModel)
 
 from .cld_process import CLD  # noqa: F401  (see below)
 from .conversions import append_dims  # noqa: F401  (see below)
@@ -84,7 +85,8 @@ class LatentDiffusionPipeline(
 ):
     r"""Text-to-image latent diffusion with classifier-free guidance.
 
-    Components: `vae` (`AutoencoderKL`), `text_encoder` (`CLIPTextModel`), `tokenizer` (`CLIPTokenizer`),
+    Components: `vae` (`AutoencoderKL`), `text_encoder` (`CLIPTextModel`, or `T5EncoderModel` run without an attention
+    mask, as SD3 runs its T5), `tokenizer` (`CLIPTokenizer`),
     `unet` (`UNet2DConditionModel`), `scheduler` (any diffusers scheduler; `set_sampler` picks one by name), and
     the optional components of `StableDiffusionPipeline`, so that `LatentDiffusionPipeline(**sd_pipe.components)`
     works:
@@ -120,7 +122,7 @@ class LatentDiffusionPipeline(
     def __init__(
         self,
         vae: AutoencoderKL,
-        text_encoder: CLIPTextModel,
+        text_encoder: CLIPTextModel | T5EncoderModel,
         tokenizer: CLIPTokenizer,
         unet: UNet2DConditionModel,
         scheduler: SchedulerMixin,
@@ -317,6 +319,9 @@ class LatentDiffusionPipeline(
         if clip_skip is None:
             embeds = self.text_encoder(ids.to(device))[0]  # (B, 77, D)
         else:
+            if not isinstance(self.text_encoder, CLIPTextModel):
+                raise ValueError(f"clip_skip needs a CLIPTextModel text encoder; this pipeline's is "
+                                 f"{type(self.text_encoder).__name__}: drop clip_skip")
             hidden = self.text_encoder(ids.to(device), output_hidden_states=True).hidden_states
             # transformers 5's CLIPTextModel holds final_layer_norm itself; 4.x (and ...WithProjection) in .text_model
             text_model = getattr(self.text_encoder, "text_model", self.text_encoder)

@@ -11,6 +11,7 @@ finished writing; a rename within one filesystem is atomic, so `latest_checkpoin
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -58,6 +59,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _quiet_tied_weights(logging.Filter):
+    """Drop accelerate's "Removed shared tensor {...} while saving" (every checkpoint of a T5 text encoder, whose
+    `shared` and `encoder.embed_tokens` are one tensor): transformers re-ties them on load, and a resumed run is
+    bit-identical to an unbroken one (tests/test_text_models.py)."""
+
+    logger = logging.getLogger("accelerate.utils.other")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+    def __enter__(self):
+        self.logger.addFilter(self)
+
+    def __exit__(self, *exc):
+        self.logger.removeFilter(self)
+
+
 def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, keep: int,
                     extra: dict[str, Any] | None = None) -> Path:
     """Save the full training state at `step` atomically and keep only the newest `keep` checkpoints.
@@ -72,7 +90,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
         for stale in root.glob(PARTIAL + "*"):  # left by a run killed mid-save
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
+    with _quiet_tied_weights():
+        accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (partial / PROGRESS).write_text(json.dumps({"step": step, **(extra or {})}))

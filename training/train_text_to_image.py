@@ -104,6 +104,7 @@ class TextToImageConfig:
     text_layers: int | None = None  # from scratch: text-encoder layers
     text_width: int | None = None  # from scratch: text-encoder width (the UNet's cross-attention width follows)
     text_heads: int | None = None  # from scratch: text-encoder attention heads
+    text_model: str | None = None  # from scratch: text-encoder family, "clip" (causal, SD 1.x) or "t5" (bidirectional)
     text_encoder: str | None = None  # from scratch: pretrain_text_encoder's output folder to start the text encoder
     # (and tokenizer) from instead of random weights; frozen, its embeddings cached, unless --train-text-encoder
     pretrained: str | None = None  # pipeline folder or hub id to fine-tune (instead of --preset)
@@ -214,8 +215,9 @@ class TextToImageConfig:
             if self.pretrained is not None:
                 raise ValueError("--text-encoder starts a from-scratch run's text encoder; a --pretrained pipeline "
                                  "has its own: drop one of them.")
-            if any(v is not None for v in (self.text_layers, self.text_width, self.text_heads)):
-                raise ValueError("--text-encoder brings its own size: drop --text-layers/--text-width/--text-heads.")
+            if any(v is not None for v in (self.text_layers, self.text_width, self.text_heads, self.text_model)):
+                raise ValueError("--text-encoder brings its own size and family: drop --text-layers/--text-width/"
+                                 "--text-heads/--text-model.")
             for sub in ("text_encoder/config.json", "tokenizer"):
                 if not (Path(self.text_encoder) / sub).exists():
                     raise ValueError(f"--text-encoder {self.text_encoder} has no {sub}: give pretrain_text_encoder's "
@@ -307,15 +309,20 @@ def architecture(cfg: TextToImageConfig):
         text = (c.num_hidden_layers, c.hidden_size, c.num_attention_heads)
     return variant(cfg.preset, unet_blocks=cfg.unet_blocks, unet_attention=cfg.unet_attention,
                    unet_layers_per_block=cfg.unet_layers_per_block, unet_head_dim=cfg.unet_head_dim,
-                   text_layers=text[0], text_width=text[1], text_heads=text[2])
+                   text_layers=text[0], text_width=text[1], text_heads=text[2], text_model=cfg.text_model)
 
 
 def add_lora(unet: UNet2DConditionModel, text_encoder, rank: int, train_text_encoder: bool) -> None:
     """Freeze the UNet (and the text encoder) and give their attention LoRA adapters (Hu et al. 2022) through peft,
     with B = 0 (each starts as the base model) and alpha = rank; the text encoder's only with `train_text_encoder`
-    (the projections diffusers' LoRA examples adapt)."""
+    (the projections diffusers' LoRA examples adapt; CLIP's only: stock `load_lora_weights` reads text-encoder
+    adapters of a CLIPTextModel, not of a T5EncoderModel, so those are refused before any training)."""
     from peft import LoraConfig, inject_adapter_in_model
 
+    if train_text_encoder and not isinstance(text_encoder, CLIPTextModel):
+        raise ValueError(f"--train-text-encoder with --lora-rank adapts a CLIPTextModel only (what stock diffusers' "
+                         f"load_lora_weights reads); this model's text encoder is a {type(text_encoder).__name__}: "
+                         "drop --train-text-encoder (UNet adapters only), or fine-tune all weights without --lora-rank.")
     unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                 target_modules=["to_k", "to_q", "to_v", "to_out.0"]))

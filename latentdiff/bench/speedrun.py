@@ -132,7 +132,8 @@ def measures_line(measures: dict[str, Any]) -> str:
     loss, use = measures["denoising_loss"]["heldout"], measures["relation_use"]
     return (f"held-out loss {loss['loss']:.4f} ({loss['space']}); text probe: {probe_line(measures['text_probe'])}; "
             f"relation use: gap {use['gap']:+.2%} (noisier half {use['gap_noisier_half']:+.2%}), true caption "
-            f"lower {use['true_lower']:.2f}")
+            f"lower {use['true_lower']:.2f}; colour-word control gap {use['control_gap']:+.2%} (noisier half "
+            f"{use['control_gap_noisier_half']:+.2%})")
 
 
 def save_grid(scored, path: Path) -> Path:

@@ -10,7 +10,10 @@ their relation word denoises worse when told the wrong one; a model that ignores
 - `gap_noisier_half`: the same over the draws at the noisier half of the drawn timesteps, where the layout of a
   picture is decided (Ho et al. 2020, sec. 4.3 and fig. 6: coarse structure first, details last);
 - `true_lower`: the fraction of (scene, draw) pairs where the true caption's loss is the lower, ties counted half
-  (0.5: the word makes no difference or a random one).
+  (0.5: the word makes no difference or a random one);
+- `control_gap`, `control_gap_noisier_half`: the same gaps with the first object's colour word replaced instead
+  (by the first palette colour neither object has), on the same scenes, timesteps and noise: the size of a gap
+  for a word the model does read, so that a relation gap near 0 is read against it.
 
 Measured with denoising_loss.py's plain objective (uniform timesteps, no weighting), so numbers compare between
 models of one process and prediction target (`space`). Reversing keeps every other word, both objects and their
@@ -25,7 +28,7 @@ from typing import Any
 import torch
 
 from latentdiff.data.procedural import ShapesWorldDataset, ShapesWorldStream
-from latentdiff.data.shapes import make_caption
+from latentdiff.data.shapes import ShapesWorldConfig, make_caption
 from latentdiff.eval.denoising_loss import embedded_batches, loss_space, per_sample_losses, plain_objective
 
 REVERSED = {"above": "below", "below": "above", "left_of": "right_of", "right_of": "left_of"}
@@ -33,9 +36,11 @@ REVERSED = {"above": "below", "below": "above", "left_of": "right_of", "right_of
 SCENES = "shapesworld:train?seed=1&n=4096&fresh=false"
 
 
-def position_scenes(source: str, resolution: int, limit: int) -> list[tuple[torch.Tensor, str, str]]:
-    """[(image (3, H, W), true caption, reversed caption)] of the first `limit` position scenes of `source`."""
+def position_scenes(source: str, resolution: int, limit: int) -> list[tuple[torch.Tensor, str, str, str]]:
+    """[(image (3, H, W), true caption, reversed caption, recoloured caption)] of the first `limit` position scenes
+    of `source` (recoloured: the first object's colour word replaced by the first palette colour neither has)."""
     data = ShapesWorldDataset(ShapesWorldStream.parse(source), resolution)
+    palette = list((data.scene_config or ShapesWorldConfig()).colors)
     out = []
     for pos in range(len(data)):
         _, scene = data.scene(pos, 0)
@@ -45,8 +50,12 @@ def position_scenes(source: str, resolution: int, limit: int) -> list[tuple[torc
         relation = REVERSED[scene.relation]
         flipped = dataclasses.replace(scene, relation=relation,
                                       caption=make_caption(category, int(k), scene.objects, relation))
-        sample = data[pos]  # the image and caption a training run gets; data.caption words the reversed one alike
-        out.append((sample["pixel_values"], sample["caption"], data.caption(flipped)))
+        other = next(c for c in palette if c not in {o.color for o in scene.objects})
+        objects = [dataclasses.replace(scene.objects[0], color=other), *scene.objects[1:]]
+        recoloured = dataclasses.replace(scene, objects=objects,
+                                         caption=make_caption(category, int(k), objects, scene.relation))
+        sample = data[pos]  # the image and caption a training run gets; data.caption words the others alike
+        out.append((sample["pixel_values"], sample["caption"], data.caption(flipped), data.caption(recoloured)))
         if len(out) == limit:
             break
     return out
@@ -64,20 +73,21 @@ def relation_use(pipe, source: str = SCENES, *, training_config: dict[str, Any] 
     if not found:
         raise ValueError(f"relation_use: {source} has no position scenes; use a ShapesWorld stream with more scenes")
 
-    # 1. The same scenes embedded with the true and with the reversed caption
-    true = embedded_batches(pipe, [(image, caption) for image, caption, _ in found], batch_size)
-    rev = embedded_batches(pipe, [(image, caption) for image, _, caption in found], batch_size)
+    # 1. The same scenes embedded with the true, the reversed and the recoloured caption
+    true, rev, recoloured = (embedded_batches(pipe, [(row[0], row[i]) for row in found], batch_size) for i in (1, 2, 3))
 
-    # 2. The plain objective on both, under the same timesteps and noise
+    # 2. The plain objective on each, under the same timesteps and noise
     loss_true, t = per_sample_losses(pipe.unet, objective, true, draws=draws, seed=seed)  # (draws, N)
     loss_rev, t_rev = per_sample_losses(pipe.unet, objective, rev, draws=draws, seed=seed)
-    assert torch.equal(t, t_rev), "the two passes must draw the same timesteps"
+    loss_col, t_col = per_sample_losses(pipe.unet, objective, recoloured, draws=draws, seed=seed)
+    assert torch.equal(t, t_rev) and torch.equal(t, t_col), "the passes must draw the same timesteps"
     noisier = t >= t.median()  # (draws, N): the noisier half of the drawn timesteps
 
-    def gap(mask: torch.Tensor) -> float:
-        return (loss_rev[mask].double().mean() / loss_true[mask].double().mean() - 1).item()
+    def gap(mask: torch.Tensor, other: torch.Tensor = loss_rev) -> float:
+        return (other[mask].double().mean() / loss_true[mask].double().mean() - 1).item()
 
     true_lower = (loss_true < loss_rev).double() + 0.5 * (loss_true == loss_rev).double()  # (draws, N)
     return {"gap": gap(torch.ones_like(noisier)), "gap_noisier_half": gap(noisier),
-            "true_lower": true_lower.mean().item(), "space": loss_space(training_config),
+            "true_lower": true_lower.mean().item(), "control_gap": gap(torch.ones_like(noisier), loss_col),
+            "control_gap_noisier_half": gap(noisier, loss_col), "space": loss_space(training_config),
             "source": source, "scenes": len(found), "draws": draws, "seed": seed}

@@ -413,7 +413,8 @@ def _architecture(stage: Path, kind: str) -> list[tuple[str, str]]:
     if te:
         rows.append(("Text encoder", f"{te.get('architectures', ['CLIPTextModel'])[0]}, "
                                      f"{_count_params(stage / 'text_encoder') / 1e6:.3g}M parameters; "
-                                     f"{te.get('num_hidden_layers')} layers, width {te.get('hidden_size')}, "
+                                     f"{te.get('num_hidden_layers', te.get('num_layers'))} layers, width "
+                                     f"{te.get('hidden_size', te.get('d_model'))}, "
                                      f"vocabulary {te.get('vocab_size')}"))
     sched = _config(stage / "scheduler", "scheduler_config.json")
     if sched:  # the process's own one-line description (pipelines/processes.py)
