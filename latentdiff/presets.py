@@ -49,7 +49,7 @@ class Preset:
     resolution: int  # the image size (pixels, square) the model is made for
     unet: dict[str, Any]  # UNet2DConditionModel kwargs
     vae: dict[str, Any]  # AutoencoderKL kwargs
-    text_encoder: dict[str, Any]  # CLIPTextConfig kwargs (for "t5" too, mapped by text_encoder_of); vocab from the tokenizer
+    text_encoder: dict[str, Any]  # CLIPTextConfig kwargs (also for "t5": text_encoder_of maps them); vocab: tokenizer
     tokenizer: Callable[[], CLIPTokenizer]  # builds the tokenizer, offline
     sampler: str = "dpm++2m"  # the named sampler (pipelines/samplers.py) the pipeline starts with
     process: dict[str, Any] = field(default_factory=lambda: dict(SD_PROCESS))  # the trained noise process

@@ -117,6 +117,9 @@ def test_what_a_t5_model_cannot_do_is_one_clear_error(t5_run, tmp_path):
     with pytest.raises(ValueError, match="--text-model 'bert' is not one of clip, t5"):
         parse_config(TextToImageConfig, ["--preset", "tiny", "--vae", str(t5_run.parent / "vae"), "--train-data",
                                          str(t5_run.parent / "data"), "--text-model", "bert"])
+    with pytest.raises(ValueError, match="--text-model shape a from-scratch model; the --pretrained pipeline has its"):
+        parse_config(TextToImageConfig, ["--pretrained", str(t5_run / "pipeline"), "--train-data",
+                                         str(t5_run.parent / "data"), "--text-model", "clip"])
 
 
 def test_a_unet_lora_on_a_t5_model_loads_in_stock_diffusers_and_a_text_encoder_lora_is_refused(t5_run, tmp_path):

@@ -111,7 +111,8 @@ def test_shapesworld_stream_parses_and_refuses_bad_options():
                        ("shapesworld:train?templates=0", "templates >= 1"),
                        ("shapesworld:train?templates=two", "whole numbers"),
                        ("shapesworld:train?categories=position,squares", "categories must name"),
-                       ("shapesworld:train?categories=", "categories must name")):
+                       ("shapesworld:train?categories=", "categories must name"),
+                       ("shapesworld:train?position_pairs=same", "position_pairs must be one of any, same_shape")):
         with pytest.raises(ValueError, match=match):
             ShapesWorldStream.parse(bad)
 
@@ -156,6 +157,22 @@ def test_categories_option_draws_only_those_scenes_under_their_own_cache_keys():
     scene = only.scene(4, 0)[1]
     assert sample["caption"] == scene.caption and sample["key"] != every[4]["key"]  # a shared cache cannot mix them
     torch.testing.assert_close(sample["pixel_values"], to_tensor([render(scene, size=16)])[0])
+
+
+def test_same_shape_position_pairs_leave_only_the_relation_to_tell_the_objects_apart():
+    stream = ShapesWorldStream.parse("shapesworld:train?n=40&fresh=false&categories=position&position_pairs=same_shape")
+    assert stream.position_pairs == "same_shape"
+    same = ShapesWorldDataset(stream, 16)
+    anyp = ShapesWorldDataset(ShapesWorldStream.parse("shapesworld:train?n=40&fresh=false&categories=position"), 16)
+    for i in range(40):
+        a, b = same.scene(i, 0)[1].objects
+        assert a.shape == b.shape and a.color != b.color
+    assert any(x.shape != y.shape for x, y in (anyp.scene(i, 0)[1].objects for i in range(40)))
+    keys = {same[i]["key"] for i in range(3)}
+    assert keys.isdisjoint(anyp[i]["key"] for i in range(3))  # a shared cache cannot mix them
+    # the default stream's scenes and keys are those of before the option existed
+    assert ShapesWorldStream.parse("shapesworld:train?n=5").scene_config is None
+    assert ShapesWorldDataset(ShapesWorldStream("train", 0, 5, False), 16)[1]["key"] == "shapesworld-train-0-1-16"
 
 
 def test_a_shapesworld_loader_batches_like_a_folder():

@@ -90,6 +90,11 @@ MODE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# The from-scratch architecture options (None: the preset's); a --pretrained pipeline refuses them
+ARCHITECTURE_FIELDS = ("unet_blocks", "unet_attention", "unet_layers_per_block", "unet_head_dim", "text_layers",
+                       "text_width", "text_heads", "text_model")
+
+
 @dataclass
 class TextToImageConfig:
     """Train a text-to-image latent diffusion model (UNet + CLIP text encoder on a frozen VAE)."""
@@ -211,6 +216,10 @@ class TextToImageConfig:
             # recorded as an absolute path in training_config.json, so that `latentdiff push` finds a LoRA's base
             # from wherever it runs
             self.pretrained = str(Path(self.pretrained).resolve())
+        shaping = [f"--{f.replace('_', '-')}" for f in ARCHITECTURE_FIELDS if getattr(self, f) is not None]
+        if self.pretrained is not None and shaping:
+            raise ValueError(f"{', '.join(shaping)} shape a from-scratch model; the --pretrained pipeline has its own "
+                             "architecture: drop them.")
         if self.text_encoder is not None:
             if self.pretrained is not None:
                 raise ValueError("--text-encoder starts a from-scratch run's text encoder; a --pretrained pipeline "

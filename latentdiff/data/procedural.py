@@ -13,7 +13,9 @@ disk. `templates=K` words every caption with one of the first K paraphrase templ
 (`latentdiff.data.shapes.TEMPLATES`; the scene's own template index modulo K, so the images are unchanged):
 `templates=1` trains on one fixed wording per category, for the caption-variety ablation. `categories=a,b` draws
 only scenes of those categories (`latentdiff.data.shapes.CATEGORIES`), in their default proportions: e.g.
-`categories=position` for a run that sees nothing but relations. Samples are the same dicts `CaptionedImageDataset` gives (see `latentdiff.data.dataset`), so the loaders,
+`categories=position` for a run that sees nothing but relations. `position_pairs=same_shape` gives every position
+scene two colours of one shape ("a red circle above a blue circle"), so that only the relation word says which
+colour goes where (`ShapesWorldConfig.position_pairs`). Samples are the same dicts `CaptionedImageDataset` gives (see `latentdiff.data.dataset`), so the loaders,
 the bucket sampler, caches and resume positions work unchanged; the cache key names the scene, so the latent
 cache works for a fixed set (a fresh stream has nothing to reuse).
 """
@@ -29,8 +31,8 @@ import torch
 from torch.utils.data import Dataset
 
 from latentdiff.data.decode import SkipCounter
-from latentdiff.data.shapes import (CATEGORIES, DEFAULT_CATEGORY_WEIGHTS, SPLITS, TEMPLATES, SceneSpec,
-                                    ShapesWorldConfig, make_caption, render, scene_at)
+from latentdiff.data.shapes import (CATEGORIES, DEFAULT_CATEGORY_WEIGHTS, POSITION_PAIRS, SPLITS, TEMPLATES,
+                                    SceneSpec, ShapesWorldConfig, make_caption, render, scene_at)
 
 PREFIX = "shapesworld:"
 
@@ -45,26 +47,35 @@ class ShapesWorldStream:
     fresh: bool = True  # True: new scenes every epoch; False: the same n scenes every epoch
     templates: int | None = None  # captions from the first this many templates of each category (None: all)
     categories: tuple[str, ...] | None = None  # only scenes of these categories (None: all, default mix)
+    position_pairs: str = "any"  # position scenes' objects: ShapesWorldConfig.position_pairs ("any", "same_shape")
 
     @property
     def scene_config(self) -> ShapesWorldConfig | None:
         """The ShapesWorld config scenes are drawn with (None: the default one)."""
-        if self.categories is None:
+        if self.categories is None and self.position_pairs == "any":
             return None
-        return ShapesWorldConfig(category_weights={c: DEFAULT_CATEGORY_WEIGHTS[c] for c in self.categories})
+        cats = CATEGORIES if self.categories is None else self.categories
+        return ShapesWorldConfig(category_weights={c: DEFAULT_CATEGORY_WEIGHTS[c] for c in cats},
+                                 position_pairs=self.position_pairs)
+
+    @property
+    def key_suffix(self) -> str:
+        """What names this stream's scenes apart from the default stream's in cache keys and names."""
+        only = "" if self.categories is None else "-" + "+".join(self.categories)
+        return only + ("" if self.position_pairs == "any" else f"-{self.position_pairs}")
 
     @classmethod
     def parse(cls, text: str) -> "ShapesWorldStream":
         """`shapesworld:SPLIT?seed=S&n=N&fresh=BOOL`; ValueError saying what to write otherwise."""
-        usage = ("write it as shapesworld:train?seed=0&n=20000&fresh=true (optionally &templates=K and "
-                 "&categories=a,b)")
+        usage = ("write it as shapesworld:train?seed=0&n=20000&fresh=true (optionally &templates=K, "
+                 "&categories=a,b and &position_pairs=any|same_shape)")
         parts = urlsplit(text[len(PREFIX):] if text.startswith(PREFIX) else text)
         split = parts.path or "train"
         if split not in (*SPLITS, "both"):
             raise ValueError(f"train_data {text!r}: unknown split {split!r}; choose one of {(*SPLITS, 'both')} "
                              f"({usage})")
         opts = dict(parse_qsl(parts.query, keep_blank_values=True))
-        unknown = set(opts) - {"seed", "n", "fresh", "templates", "categories"}
+        unknown = set(opts) - {"seed", "n", "fresh", "templates", "categories", "position_pairs"}
         if unknown:
             raise ValueError(f"train_data {text!r}: unknown option(s) {sorted(unknown)} ({usage})")
         try:
@@ -80,7 +91,10 @@ class ShapesWorldStream:
         categories = tuple(c for c in opts["categories"].split(",") if c) if "categories" in opts else None
         if categories is not None and (not categories or set(categories) - set(CATEGORIES)):
             raise ValueError(f"train_data {text!r}: categories must name some of {', '.join(CATEGORIES)} ({usage})")
-        return cls(split, seed, n, fresh in ("true", "1"), templates, categories)
+        pairs = opts.get("position_pairs", "any")
+        if pairs not in POSITION_PAIRS:
+            raise ValueError(f"train_data {text!r}: position_pairs must be one of {', '.join(POSITION_PAIRS)} ({usage})")
+        return cls(split, seed, n, fresh in ("true", "1"), templates, categories, pairs)
 
 
 def is_procedural(train_data: str) -> bool:
@@ -136,7 +150,7 @@ class ShapesWorldDataset(Dataset):
         s = self.stream
         index, scene = self.scene(pos, epoch)
         size = self.resolution
-        only = "" if s.categories is None else "-" + "+".join(s.categories)  # another stream: other cache keys
+        only = s.key_suffix  # another stream: other cache keys
         return {"pixel_values": image_tensor(render(scene, size=size)),  # (3, size, size)
                 "caption": self.caption(scene), "key": f"shapesworld-{s.split}-{s.seed}{only}-{index}-{size}",
                 "name": f"shapesworld:{s.split}/{s.seed}{only}/{index}", "original_size": (size, size),

@@ -73,6 +73,7 @@ __all__ = [
 
 SPLITS: tuple[str, ...] = ("train", "heldout")
 CATEGORIES: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+POSITION_PAIRS: tuple[str, ...] = ("any", "same_shape")  # ShapesWorldConfig.position_pairs
 RELATIONS: tuple[str, ...] = ("left_of", "right_of", "above", "below")  # objects[0] <relation> objects[1]
 SIZES: tuple[str, ...] = ("small", "large")
 
@@ -188,6 +189,9 @@ class ShapesWorldConfig:
     margin: float = 0.02  # smallest distance from an object's box to the image border
     min_gap: float = 0.03  # smallest gap between the boxes of two objects (they never touch or overlap)
     relation_max_skew: float = 0.5  # position scenes: |off-axis centre offset| <= this * |on-axis offset|
+    # position scenes' two objects: "any" two kinds, or "same_shape": two colours of one shape, so that only the
+    # relation word tells which colour goes where ("a red circle above a blue circle")
+    position_pairs: str = "any"
     background: tuple[int, int, int] = (128, 128, 128)  # RGB of the background, a neutral grey
     color_jitter: int = 10  # each RGB channel of each fill is shifted by a uniform integer in [-j, j]
     rotation_jitter: float = 8.0  # polygons turn by a uniform angle in [-j, j] degrees; <= 20 keeps square != diamond
@@ -255,6 +259,8 @@ class ShapesWorldConfig:
                 raise ValueError(f"{name}.{f} must be (lo, hi) with 0 < lo <= hi < 0.5, got {(lo, hi)}")
         if self.small_r[1] >= self.large_r[0]:
             raise ValueError(f"{name}: small_r {self.small_r} must end below large_r {self.large_r} so sizes differ")
+        if self.position_pairs not in POSITION_PAIRS:
+            raise ValueError(f"{name}.position_pairs must be one of {POSITION_PAIRS}, got {self.position_pairs!r}")
         if self.margin < 0 or self.min_gap < 0 or self.relation_max_skew <= 0:
             raise ValueError(f"{name}: margin and min_gap must be >= 0 and relation_max_skew > 0")
         if 4 * self.large_r[1] + self.min_gap + 2 * self.margin > 1:
@@ -355,9 +361,10 @@ def _check_split(split: str, where: str):
 
 @functools.lru_cache(maxsize=64)
 def _candidates(colors: tuple[str, ...], shapes: tuple[str, ...], heldout: tuple[tuple[str, str], ...],
-                split: str, category: str) -> tuple[tuple[tuple[str, str], ...], ...]:
+                split: str, category: str, position_pairs: str = "any") -> tuple[tuple[tuple[str, str], ...], ...]:
     """All (colour, shape) tuples a scene of this category may draw in this split, one combo per distinct
-    object kind: 1-tuples for single_object / colors / counting, ordered 2-tuples for the rest."""
+    object kind: 1-tuples for single_object / colors / counting, ordered 2-tuples for the rest (for position with
+    position_pairs "same_shape", only pairs of one shape)."""
     combos = [(c, s) for c in colors for s in shapes]
     held = set(heldout)
     if category in ("single_object", "colors", "counting"):
@@ -367,6 +374,8 @@ def _candidates(colors: tuple[str, ...], shapes: tuple[str, ...], heldout: tuple
         if category == "two_object" and a[1] == b[1]:
             continue  # "a circle and a circle" is not a two-object prompt
         if category == "color_attr" and (a[0] == b[0] or a[1] == b[1]):
+            continue
+        if category == "position" and position_pairs == "same_shape" and a[1] != b[1]:
             continue
         n_held = (a in held) + (b in held)
         if (split == "train" and n_held == 0) or (split == "heldout" and n_held > 0):
@@ -474,7 +483,8 @@ def sample_scene(rng: np.random.Generator, config: ShapesWorldConfig | None = No
     cum = np.cumsum([config.category_weights[c] for c in cats])
     category = cats[min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(cats) - 1)]
     # 2. Which (colour, shape) each kind of object is
-    cands = _candidates(tuple(config.colors), config.shapes, config.heldout_combos, split, category)
+    cands = _candidates(tuple(config.colors), config.shapes, config.heldout_combos, split, category,
+                        config.position_pairs)
     if not cands:
         raise ValueError(
             f"sample_scene: no {category!r} scene fits split {split!r} with heldout_combos={config.heldout_combos}; "
