@@ -263,8 +263,8 @@ def export_single_file(model: str | Path, out: str | Path, original_config_path:
                          f"{pipe.vae.config.latent_channels}-channel latent (a process other than Stable Diffusion's); "
                          "the single-file layout holds Stable Diffusion's process only.")
     if type(pipe.text_encoder).__name__ != "CLIPTextModel":
-        raise ValueError(f"{model}: its text encoder is a {type(pipe.text_encoder).__name__}; the single-file layout of "
-                         "Stable Diffusion 1.x holds a CLIPTextModel only. Share the pipeline folder instead.")
+        raise ValueError(f"{model}: its text encoder is a {type(pipe.text_encoder).__name__}; the single-file layout "
+                         "of Stable Diffusion 1.x holds a CLIPTextModel only. Share the pipeline folder instead.")
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(pipeline_to_original(pipe), str(out), metadata={"format": "pt", "latentdiff_source": str(model)})
 

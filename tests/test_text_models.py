@@ -37,7 +37,7 @@ def _embed(components, captions: list[str]) -> torch.Tensor:
 
 
 def test_t5_is_the_same_size_and_sees_the_whole_caption():
-    clip, t5 = build_components(variant("small", text_model="clip")), build_components(variant("small", text_model="t5"))
+    clip, t5 = (build_components(variant("small", text_model=family)) for family in ("clip", "t5"))
     assert isinstance(clip["text_encoder"], CLIPTextModel) and isinstance(t5["text_encoder"], T5EncoderModel)
     n_clip, n_t5 = (sum(p.numel() for p in c["text_encoder"].parameters()) for c in (clip, t5))
     assert abs(n_t5 - n_clip) / n_clip < 0.02  # only the position embeddings differ (CLIP absolute, T5 relative)

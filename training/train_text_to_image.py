@@ -331,7 +331,8 @@ def add_lora(unet: UNet2DConditionModel, text_encoder, rank: int, train_text_enc
     if train_text_encoder and not isinstance(text_encoder, CLIPTextModel):
         raise ValueError(f"--train-text-encoder with --lora-rank adapts a CLIPTextModel only (what stock diffusers' "
                          f"load_lora_weights reads); this model's text encoder is a {type(text_encoder).__name__}: "
-                         "drop --train-text-encoder (UNet adapters only), or fine-tune all weights without --lora-rank.")
+                         "drop --train-text-encoder (UNet adapters only), or fine-tune all weights without "
+                         "--lora-rank.")
     unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                 target_modules=["to_k", "to_q", "to_v", "to_out.0"]))

@@ -15,9 +15,9 @@ disk. `templates=K` words every caption with one of the first K paraphrase templ
 only scenes of those categories (`latentdiff.data.shapes.CATEGORIES`), in their default proportions: e.g.
 `categories=position` for a run that sees nothing but relations. `position_pairs=same_shape` gives every position
 scene two colours of one shape ("a red circle above a blue circle"), so that only the relation word says which
-colour goes where (`ShapesWorldConfig.position_pairs`). Samples are the same dicts `CaptionedImageDataset` gives (see `latentdiff.data.dataset`), so the loaders,
-the bucket sampler, caches and resume positions work unchanged; the cache key names the scene, so the latent
-cache works for a fixed set (a fresh stream has nothing to reuse).
+colour goes where (`ShapesWorldConfig.position_pairs`). Samples are the same dicts `CaptionedImageDataset` gives
+(see `latentdiff.data.dataset`), so the loaders, the bucket sampler, caches and resume positions work unchanged;
+the cache key names the scene, so the latent cache works for a fixed set (a fresh stream has nothing to reuse).
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ class ShapesWorldStream:
             raise ValueError(f"train_data {text!r}: categories must name some of {', '.join(CATEGORIES)} ({usage})")
         pairs = opts.get("position_pairs", "any")
         if pairs not in POSITION_PAIRS:
-            raise ValueError(f"train_data {text!r}: position_pairs must be one of {', '.join(POSITION_PAIRS)} ({usage})")
+            raise ValueError(f"train_data {text!r}: position_pairs must be one of {', '.join(POSITION_PAIRS)} "
+                             f"({usage})")
         return cls(split, seed, n, fresh in ("true", "1"), templates, categories, pairs)
 
 
