@@ -59,14 +59,22 @@ def embedded_batches(pipe, items: list[tuple[torch.Tensor, str]], batch_size: in
     """[(z0 (B, C, h, w), text (B, 77, D))]: each (image (3, H, W), caption) pair's posterior-mean latent times
     `scaling_factor` and its caption as the pipeline embeds prompts (no guidance), in batches of `batch_size`."""
     vae, device = pipe.vae, pipe.unet.device
+    texts = caption_batches(pipe, [caption for _, caption in items], batch_size)
     batches = []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        x = torch.stack([image for image, _ in chunk]).to(device, vae.dtype)  # (B, 3, H, W)
+    for start, text in zip(range(0, len(items), batch_size), texts):
+        x = torch.stack([image for image, _ in items[start:start + batch_size]]).to(device, vae.dtype)  # (B, 3, H, W)
         z0 = vae.encode(x).latent_dist.mean.float() * vae.config.scaling_factor  # (B, C, h, w)
-        text, _ = pipe.encode_prompt([caption for _, caption in chunk], device, do_classifier_free_guidance=False)
         batches.append((z0, text))  # (B, 77, D)
     return batches
+
+
+@torch.no_grad()
+def caption_batches(pipe, captions: list[str], batch_size: int) -> list[torch.Tensor]:
+    """[text (B, 77, D)]: the captions as the pipeline embeds prompts (no guidance), in batches of `batch_size`
+    (those of `embedded_batches`, so that other captions of the same images can reuse its latents)."""
+    device = pipe.unet.device
+    return [pipe.encode_prompt(captions[start:start + batch_size], device, do_classifier_free_guidance=False)[0]
+            for start in range(0, len(captions), batch_size)]
 
 
 @torch.no_grad()

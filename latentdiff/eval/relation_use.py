@@ -29,7 +29,8 @@ import torch
 
 from latentdiff.data.procedural import ShapesWorldDataset, ShapesWorldStream
 from latentdiff.data.shapes import ShapesWorldConfig, make_caption
-from latentdiff.eval.denoising_loss import embedded_batches, loss_space, per_sample_losses, plain_objective
+from latentdiff.eval.denoising_loss import (caption_batches, embedded_batches, loss_space, per_sample_losses,
+                                            plain_objective)
 
 REVERSED = {"above": "below", "below": "above", "left_of": "right_of", "right_of": "left_of"}
 # Position scenes of the training split the speedrun never trains on (seed 1, as its loss scenes)
@@ -73,8 +74,13 @@ def relation_use(pipe, source: str = SCENES, *, training_config: dict[str, Any] 
     if not found:
         raise ValueError(f"relation_use: {source} has no position scenes; use a ShapesWorld stream with more scenes")
 
-    # 1. The same scenes embedded with the true, the reversed and the recoloured caption
-    true, rev, recoloured = (embedded_batches(pipe, [(row[0], row[i]) for row in found], batch_size) for i in (1, 2, 3))
+    # 1. The scenes' latents, once, with the true, the reversed and the recoloured captions' embeddings
+    true = embedded_batches(pipe, [(row[0], row[1]) for row in found], batch_size)
+
+    def recaptioned(i: int) -> list:  # the same latents with column i's captions
+        return [(z0, text) for (z0, _), text in zip(true, caption_batches(pipe, [row[i] for row in found], batch_size))]
+
+    rev, recoloured = recaptioned(2), recaptioned(3)
 
     # 2. The plain objective on each, under the same timesteps and noise
     loss_true, t = per_sample_losses(pipe.unet, objective, true, draws=draws, seed=seed)  # (draws, N)
