@@ -100,3 +100,61 @@ def test_a_from_scratch_run_starts_from_the_pretrained_encoder_and_keeps_it_froz
         parse_config(train_text_to_image.TextToImageConfig, [*argv, "--text-layers", "3"])
     with pytest.raises(ValueError, match="has no text_encoder/config.json"):
         parse_config(train_text_to_image.TextToImageConfig, [*argv[:-4], "--text-encoder", str(tmp_path)])
+
+
+# ------------------------------------------------------------------------------------------- layout objective
+def test_layout_loss_is_the_thumbnails_mean_squared_error_whatever_the_padding(tiny):
+    from latentdiff.captionlm.layout import LayoutHead, binding, layout_loss, thumbnails
+
+    tokenizer, encoder = tiny
+    torch.manual_seed(0)
+    head = LayoutHead(encoder.config.hidden_size, grid=4)
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    thumbs = thumbnails(images, 4)  # (2, 3, 4, 4)
+    assert thumbs.shape == (2, 3, 4, 4)
+    torch.testing.assert_close(thumbs[1, 2, 3, 0], images[1, 2, 12:16, 0:4].mean())
+    texts = ["a red circle above a blue star", "two green squares"]
+    full = tokenizer(texts, padding="max_length", return_tensors="pt").input_ids
+    loss = layout_loss(encoder, head, full, thumbs)  # (2,)
+    expected = (head(encoder(full).last_hidden_state) - thumbs).square().flatten(1).mean(1)
+    torch.testing.assert_close(loss, expected)
+    assert loss.shape == (2,) and (loss > 0).all()
+    # binding: a caption "reversed" into itself ties, which counts half
+    tokenize = lambda t: tokenizer(t, padding="longest", return_tensors="pt").input_ids
+    assert binding(encoder, head, tokenize, [(images[0], texts[0], texts[0])]) == 0.5
+    with pytest.raises(ValueError, match="divisible"):
+        LayoutHead(30, grid=4, heads=4)
+
+
+def test_stream_captions_follow_the_streams_own_scenes():
+    position = Captions("shapesworld:train?n=8&fresh=false&categories=position&position_pairs=absolute")
+    assert all(any(p in position[j] for p in ("at the top", "at the bottom", "on the left", "on the right"))
+               for j in range(8))
+    assert position.thumbnail(3, 8).shape == (3, 8, 8) and position.thumbnail_batch(0, 2, 4).shape == (2, 3, 4, 4)
+
+
+def test_layout_pretraining_learns_binds_saves_a_plain_encoder_and_resumes_exactly(tmp_path):
+    common = ["--captions", "shapesworld:train?n=64&fresh=false&categories=position", "--objective", "layout",
+              "--layout-grid", "4", "--preset", "tiny", "--batch-size", "16", "--learning-rate", "3e-3",
+              "--lr-warmup-steps", "0", "--checkpoint-every", "3", "--validation-every", "100", "--report-to", "none"]
+    main([*common, "--max-steps", "6", "--output-dir", str(tmp_path / "full")])
+    main([*common, "--max-steps", "6", "--output-dir", str(tmp_path / "cut"), "--stop-after", "3"])
+    main([*common, "--max-steps", "6", "--output-dir", str(tmp_path / "cut"), "--resume", "latest"])
+    full = load_file(tmp_path / "full" / "text_encoder" / "model.safetensors")
+    cut = load_file(tmp_path / "cut" / "text_encoder" / "model.safetensors")
+    assert full.keys() == cut.keys() and all(torch.equal(full[k], cut[k]) for k in full)  # the head resumed too
+    assert not any("queries" in k or "attention.in_proj" in k for k in full)  # the head is not kept
+    main([*common, "--max-steps", "1", "--output-dir", str(tmp_path / "one")])
+    summary = json.loads((tmp_path / "full" / "training_summary.json").read_text())
+    first = json.loads((tmp_path / "one" / "training_summary.json").read_text())
+    assert summary["objective"] == "layout" and 0.0 <= summary["binding"] <= 1.0
+    assert summary["val_loss"] < first["val_loss"]  # the thumbnails are learnt from the captions
+
+
+def test_layout_needs_pictures_and_a_known_objective_before_any_work(tmp_path):
+    (tmp_path / "c.txt").write_text("a cat\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="--objective layout needs each caption's picture"):
+        main(["--captions", str(tmp_path / "c.txt"), "--objective", "layout", "--output-dir", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match="--objective must be one of next_token, layout"):
+        main(["--captions", "shapesworld:train", "--objective", "mlm", "--output-dir", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()

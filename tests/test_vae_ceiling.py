@@ -12,7 +12,7 @@ from latentdiff import build_pipeline
 from latentdiff.cli import main
 from latentdiff.data.dataset import DataConfig, build_dataloader
 from latentdiff.data.procedural import ShapesWorldDataset, ShapesWorldStream
-from latentdiff.data.shapes import make_caption, render, scene_at
+from latentdiff.data.shapes import PLACES, make_caption, place_holds, render, scene_at
 from latentdiff.eval.reference import evaluate_reference, prompt_scenes, psnr_db, to_images, to_tensor
 from latentdiff.training.vae_loss import ReconstructionLoss, foreground_weight
 
@@ -173,6 +173,35 @@ def test_same_shape_position_pairs_leave_only_the_relation_to_tell_the_objects_a
     # the default stream's scenes and keys are those of before the option existed
     assert ShapesWorldStream.parse("shapesworld:train?n=5").scene_config is None
     assert ShapesWorldDataset(ShapesWorldStream("train", 0, 5, False), 16)[1]["key"] == "shapesworld-train-0-1-16"
+
+
+def test_absolute_position_scenes_name_the_half_their_one_object_is_in():
+    from latentdiff.eval.relation_use import position_scenes, scenes_like
+    source = "shapesworld:train?n=64&fresh=false&categories=position&position_pairs=absolute"
+    data = ShapesWorldDataset(ShapesWorldStream.parse(source), 32)
+    phrases = {"top": "at the top", "bottom": "at the bottom", "left": "on the left", "right": "on the right"}
+    seen = set()
+    for i in range(64):
+        scene = data.scene(i, 0)[1]
+        (obj,) = scene.objects
+        assert scene.relation in PLACES and place_holds(obj, scene.relation)
+        assert scene.caption.endswith(phrases[scene.relation]) and obj.color in scene.caption
+        ink = (data[i]["pixel_values"] - data[i]["pixel_values"][:, :1, :1]).abs().amax(0) > 0.2  # (32, 32)
+        ys, xs = ink.nonzero(as_tuple=True)
+        half = {"top": ys < 16, "bottom": ys >= 16, "left": xs < 16, "right": xs >= 16}[scene.relation]
+        assert len(ys) > 20 and half.all(), (scene.caption, ys, xs)  # every object pixel in the named half
+        seen.add(scene.relation)
+    assert seen == set(PLACES)
+    assert not place_holds(scene_at(0, config=data.scene_config).objects[0].__class__(
+        "red", "circle", "small", 0.5, 0.5, 0.1, (255, 0, 0)), "top")  # straddling the middle: in no half
+    with pytest.raises(ValueError, match="unknown place"):
+        place_holds(obj, "middle")
+    # relation use reverses the place and keeps the rest; a run on such data is measured on its own kind
+    image, true, reversed_, recoloured = position_scenes(source, 32, 1)[0]
+    assert true.replace("top", "X").replace("bottom", "top").replace("X", "bottom").replace(
+        "left", "X").replace("right", "left").replace("X", "right") == reversed_ and true != reversed_
+    assert scenes_like(source).endswith("&categories=position&position_pairs=absolute")
+    assert scenes_like("shapesworld:train?n=5") is None and scenes_like("some/folder") is None
 
 
 def test_a_shapesworld_loader_batches_like_a_folder():

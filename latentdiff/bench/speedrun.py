@@ -110,10 +110,12 @@ def score_folder(folder: Path, config: SpeedrunConfig):
     """(EvalResult on the speedrun's prompt subset, measures) of a pipeline folder. `measures`: "denoising_loss"
     ({scenes: held-out denoising loss}), "text_probe" (latentdiff/eval/text_probe.py: does the text encoder still
     tell apart the words the scorer checks) and "relation_use" (latentdiff/eval/relation_use.py: does the UNet
-    denoise position scenes better with their true relation word than with the reversed one)."""
+    denoise position scenes better with their true relation word than with the reversed one), and, for a run
+    trained on another kind of position scene (`position_pairs=same_shape|absolute`), "relation_use_own": the
+    same on scenes of its own kind."""
     from latentdiff.bench.samplers import select_prompts
     from latentdiff.eval.denoising_loss import denoising_loss
-    from latentdiff.eval.relation_use import relation_use
+    from latentdiff.eval.relation_use import relation_use, scenes_like
     from latentdiff.eval.run import evaluate
     from latentdiff.pipelines import LatentDiffusionPipeline
 
@@ -122,6 +124,10 @@ def score_folder(folder: Path, config: SpeedrunConfig):
     prompts = select_prompts(read_prompt_set(config.prompts), config.max_prompts)
     measures = {"denoising_loss": {name: denoising_loss(pipe, source) for name, source in LOSS_SCENES.items()},
                 "text_probe": text_probe(pipe), "relation_use": relation_use(pipe)}
+    trained = Path(folder) / "training_config.json"
+    own = scenes_like(json.loads(trained.read_text()).get("train_data")) if trained.is_file() else None
+    if own is not None:
+        measures["relation_use_own"] = relation_use(pipe, own)
     return evaluate(pipe, prompts, sampler=config.sampler, steps=config.steps, guidance=config.guidance,
                     images_per_prompt=config.images_per_prompt, seed=config.seed, progress=False,
                     keep_images=True), measures
@@ -129,11 +135,17 @@ def score_folder(folder: Path, config: SpeedrunConfig):
 
 def measures_line(measures: dict[str, Any]) -> str:
     """One line of a point's companions to the score: held-out loss, text probe, relation use."""
-    loss, use = measures["denoising_loss"]["heldout"], measures["relation_use"]
+    loss = measures["denoising_loss"]["heldout"]
+
+    def use_line(use: dict[str, Any]) -> str:
+        return (f"gap {use['gap']:+.2%} (noisier half {use['gap_noisier_half']:+.2%}), true caption lower "
+                f"{use['true_lower']:.2f}; colour-word control gap {use['control_gap']:+.2%} (noisier half "
+                f"{use['control_gap_noisier_half']:+.2%})")
+
+    own = measures.get("relation_use_own")
     return (f"held-out loss {loss['loss']:.4f} ({loss['space']}); text probe: {probe_line(measures['text_probe'])}; "
-            f"relation use: gap {use['gap']:+.2%} (noisier half {use['gap_noisier_half']:+.2%}), true caption "
-            f"lower {use['true_lower']:.2f}; colour-word control gap {use['control_gap']:+.2%} (noisier half "
-            f"{use['control_gap_noisier_half']:+.2%})")
+            f"relation use: {use_line(measures['relation_use'])}"
+            + (f"; on its own kind of position scene: {use_line(own)}" if own else ""))
 
 
 def save_grid(scored, path: Path) -> Path:

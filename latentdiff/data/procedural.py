@@ -15,7 +15,9 @@ disk. `templates=K` words every caption with one of the first K paraphrase templ
 only scenes of those categories (`latentdiff.data.shapes.CATEGORIES`), in their default proportions: e.g.
 `categories=position` for a run that sees nothing but relations. `position_pairs=same_shape` gives every position
 scene two colours of one shape ("a red circle above a blue circle"), so that only the relation word says which
-colour goes where (`ShapesWorldConfig.position_pairs`). Samples are the same dicts `CaptionedImageDataset` gives
+colour goes where, and `position_pairs=absolute` one object and the half of the picture it is in ("a red circle
+at the top"), a diagnostic with no second object to compare with (`ShapesWorldConfig.position_pairs`).
+Samples are the same dicts `CaptionedImageDataset` gives
 (see `latentdiff.data.dataset`), so the loaders, the bucket sampler, caches and resume positions work unchanged;
 the cache key names the scene, so the latent cache works for a fixed set (a fresh stream has nothing to reuse).
 """
@@ -47,7 +49,7 @@ class ShapesWorldStream:
     fresh: bool = True  # True: new scenes every epoch; False: the same n scenes every epoch
     templates: int | None = None  # captions from the first this many templates of each category (None: all)
     categories: tuple[str, ...] | None = None  # only scenes of these categories (None: all, default mix)
-    position_pairs: str = "any"  # position scenes' objects: ShapesWorldConfig.position_pairs ("any", "same_shape")
+    position_pairs: str = "any"  # position scenes' objects: ShapesWorldConfig.position_pairs (POSITION_PAIRS)
 
     @property
     def scene_config(self) -> ShapesWorldConfig | None:
@@ -68,7 +70,7 @@ class ShapesWorldStream:
     def parse(cls, text: str) -> "ShapesWorldStream":
         """`shapesworld:SPLIT?seed=S&n=N&fresh=BOOL`; ValueError saying what to write otherwise."""
         usage = ("write it as shapesworld:train?seed=0&n=20000&fresh=true (optionally &templates=K, "
-                 "&categories=a,b and &position_pairs=any|same_shape)")
+                 "&categories=a,b and &position_pairs=any|same_shape|absolute)")
         parts = urlsplit(text[len(PREFIX):] if text.startswith(PREFIX) else text)
         split = parts.path or "train"
         if split not in (*SPLITS, "both"):

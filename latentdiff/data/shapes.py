@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_COLORS",
     "DEFAULT_HELDOUT",
     "RELATIONS",
+    "PLACES",
     "SHAPE_NAMES",
     "SPLITS",
     "TEMPLATES",
@@ -58,6 +59,7 @@ __all__ = [
     "iter_captions",
     "iter_scenes",
     "make_caption",
+    "place_holds",
     "relation_holds",
     "render",
     "run",
@@ -73,8 +75,9 @@ __all__ = [
 
 SPLITS: tuple[str, ...] = ("train", "heldout")
 CATEGORIES: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
-POSITION_PAIRS: tuple[str, ...] = ("any", "same_shape")  # ShapesWorldConfig.position_pairs
+POSITION_PAIRS: tuple[str, ...] = ("any", "same_shape", "absolute")  # ShapesWorldConfig.position_pairs
 RELATIONS: tuple[str, ...] = ("left_of", "right_of", "above", "below")  # objects[0] <relation> objects[1]
+PLACES: tuple[str, ...] = ("top", "bottom", "left", "right")  # position_pairs "absolute": the half objects[0] is in
 SIZES: tuple[str, ...] = ("small", "large")
 
 # Far apart in RGB: the closest pair (red, orange) is ~105 apart, every colour is >= 110 from the background,
@@ -163,6 +166,17 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "a {shape0} that is {color0} and a {shape1} that is {color1}",
     ),
 }
+# Position scenes with position_pairs "absolute" (a training diagnostic: one object and the half of the picture it
+# is in): the position templates' indices, worded for one object; {relation} is a phrase of PLACE_PHRASES. The
+# prompt sets and `parse_prompt` do not use them.
+PLACE_PHRASES: dict[str, str] = {"top": "at the top", "bottom": "at the bottom", "left": "on the left",
+                                 "right": "on the right"}
+PLACE_TEMPLATES: tuple[str, ...] = (
+    "a {color0} {shape0} {relation}",
+    "a picture of a {color0} {shape0} {relation}",
+    "a {color0} {shape0} is {relation}",
+    "there is a {color0} {shape0} {relation}",
+)
 _ARTICLE = re.compile(r"(?<![\w])a (?=[aeiou])")
 
 
@@ -190,7 +204,8 @@ class ShapesWorldConfig:
     min_gap: float = 0.03  # smallest gap between the boxes of two objects (they never touch or overlap)
     relation_max_skew: float = 0.5  # position scenes: |off-axis centre offset| <= this * |on-axis offset|
     # position scenes' two objects: "any" two kinds, or "same_shape": two colours of one shape, so that only the
-    # relation word tells which colour goes where ("a red circle above a blue circle")
+    # relation word tells which colour goes where ("a red circle above a blue circle"); or "absolute": one object
+    # and the half of the picture it is in, no second object to compare with ("a red circle at the top", PLACES)
     position_pairs: str = "any"
     background: tuple[int, int, int] = (128, 128, 128)  # RGB of the background, a neutral grey
     color_jitter: int = 10  # each RGB channel of each fill is shifted by a uniform integer in [-j, j]
@@ -316,7 +331,8 @@ class SceneSpec:
 
     category: str  # GenEval-style category, one of CATEGORIES
     objects: list[ShapeObject]  # every object in the image, in caption order; nothing else is drawn
-    relation: str | None  # position scenes: objects[0] <relation> objects[1], one of RELATIONS; else None
+    relation: str | None  # position scenes: objects[0] <relation> objects[1], one of RELATIONS (or with
+    # position_pairs "absolute", one of PLACES: the half of the picture objects[0] is in); else None
     template_id: str  # "<category>/<k>": TEMPLATES[category][k] produced the caption
     caption: str  # the text; true of the image and naming everything in it
     background: tuple[int, int, int]  # RGB of the background
@@ -346,6 +362,9 @@ def make_caption(category: str, template: int, objects: list[ShapeObject], relat
     fields: dict[str, str] = {"count": NUMBER_WORDS[len(objects)], "count_digit": str(len(objects))}
     for i, o in enumerate(objects[:2]):
         fields.update({f"color{i}": o.color, f"shape{i}": o.shape, f"shapes{i}": PLURALS[o.shape], f"size{i}": o.size})
+    if relation in PLACES:  # position_pairs "absolute": one object and its place, the same template indices
+        fields["relation"] = PLACE_PHRASES[relation]
+        return _ARTICLE.sub("an ", PLACE_TEMPLATES[template].format(**fields))
     fields["relation"] = RELATION_PHRASES[relation] if relation is not None else ""
     return _ARTICLE.sub("an ", TEMPLATES[category][template].format(**fields))
 
@@ -364,10 +383,10 @@ def _candidates(colors: tuple[str, ...], shapes: tuple[str, ...], heldout: tuple
                 split: str, category: str, position_pairs: str = "any") -> tuple[tuple[tuple[str, str], ...], ...]:
     """All (colour, shape) tuples a scene of this category may draw in this split, one combo per distinct
     object kind: 1-tuples for single_object / colors / counting, ordered 2-tuples for the rest (for position with
-    position_pairs "same_shape", only pairs of one shape)."""
+    position_pairs "same_shape", only pairs of one shape; with "absolute", 1-tuples)."""
     combos = [(c, s) for c in colors for s in shapes]
     held = set(heldout)
-    if category in ("single_object", "colors", "counting"):
+    if category in ("single_object", "colors", "counting") or (category, position_pairs) == ("position", "absolute"):
         return tuple((k,) for k in combos if (k in held) == (split == "heldout"))
     pairs = []
     for a, b in itertools.permutations(combos, 2):  # a != b: the two objects are always distinguishable
@@ -457,6 +476,24 @@ def _place_relation(rng: np.random.Generator, config: ShapesWorldConfig, radii: 
     return centres
 
 
+def place_holds(a: ShapeObject, place: str) -> bool:
+    """`a` lies wholly in the `place` half of the picture (one of PLACES). Image y grows downwards."""
+    if place not in PLACES:
+        raise ValueError(f"place_holds: unknown place {place!r}; choose one of {PLACES}")
+    return {"top": a.cy + a.r <= 0.5, "bottom": a.cy - a.r >= 0.5, "left": a.cx + a.r <= 0.5,
+            "right": a.cx - a.r >= 0.5}[place]
+
+
+def _place_absolute(rng: np.random.Generator, config: ShapesWorldConfig, radius: float, place: str):
+    """The centre of one object wholly in the `place` half (and inside the margins); anywhere along the other axis."""
+    m, r = config.margin, radius
+    lo, hi = (m + r, 0.5 - r) if place in ("top", "left") else (0.5 + r, 1 - m - r)  # (on-axis range)
+    on, off = round(float(rng.uniform(lo, hi)), 4), round(float(rng.uniform(m + r, 1 - m - r)), 4)
+    centre = (off, on) if place in ("top", "bottom") else (on, off)
+    obj = ShapeObject("", "", "", *centre, r, (0, 0, 0))
+    return [centre] if _inside(obj.cx, obj.cy, r, m) and place_holds(obj, place) else None
+
+
 def _layout(rng: np.random.Generator, config: ShapesWorldConfig, n: int, relation: str | None):
     """Sizes, radii and centres for n objects. After `layout_tries` failed layouts one large object becomes
     small (a fresh radius) and we try again, so crowded scenes always end up fitting."""
@@ -464,7 +501,12 @@ def _layout(rng: np.random.Generator, config: ShapesWorldConfig, n: int, relatio
     radii = [_radius(rng, config, s) for s in sizes]
     while True:
         for _ in range(config.layout_tries):
-            centres = _place_relation(rng, config, radii, relation) if relation else _place_free(rng, config, radii)
+            if relation in PLACES:
+                centres = _place_absolute(rng, config, radii[0], relation)
+            elif relation:
+                centres = _place_relation(rng, config, radii, relation)
+            else:
+                centres = _place_free(rng, config, radii)
             if centres is not None:
                 return sizes, radii, centres
         large = [i for i, s in enumerate(sizes) if s == "large"]
@@ -495,7 +537,10 @@ def sample_scene(rng: np.random.Generator, config: ShapesWorldConfig | None = No
         kinds = kinds * int(rng.integers(config.min_count, config.max_count + 1))  # identical objects
     # 3. Caption template and relation
     template = int(rng.integers(len(TEMPLATES[category])))
-    relation = RELATIONS[int(rng.integers(len(RELATIONS)))] if category == "position" else None
+    relation = None
+    if category == "position":
+        words = PLACES if config.position_pairs == "absolute" else RELATIONS
+        relation = words[int(rng.integers(len(words)))]
     # 4. Layout: sizes, radii, centres
     sizes, radii, centres = _layout(rng, config, len(kinds), relation)
     # 5. Appearance jitter

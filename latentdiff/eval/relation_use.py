@@ -3,8 +3,9 @@
 The text probe (text_probe.py) says whether "above" and "below" reach the UNet as different embeddings; this says
 whether the UNet *uses* the difference. On position scenes ("a red circle above a blue star"), the held-out
 denoising loss with the true caption is compared with the loss on the same scenes, under the same timesteps and
-noise, with the relation reversed ("... below a blue star"; left of <-> right of). A model that places objects by
-their relation word denoises worse when told the wrong one; a model that ignores the word scores both the same.
+noise, with the relation reversed ("... below a blue star"; left of <-> right of; for the one-object scenes of
+`position_pairs=absolute`, "at the top" <-> "at the bottom", "on the left" <-> "on the right"). A model that
+places objects by their relation word denoises worse when told the wrong one; a model that ignores the word scores both the same.
 
 - `gap`: mean loss with the reversed relation / mean loss with the true one - 1 (0: the word is ignored);
 - `gap_noisier_half`: the same over the draws at the noisier half of the drawn timesteps, where the layout of a
@@ -27,14 +28,24 @@ from typing import Any
 
 import torch
 
-from latentdiff.data.procedural import ShapesWorldDataset, ShapesWorldStream
+from latentdiff.data.procedural import ShapesWorldDataset, ShapesWorldStream, is_procedural
 from latentdiff.data.shapes import ShapesWorldConfig, make_caption
 from latentdiff.eval.denoising_loss import (caption_batches, embedded_batches, loss_space, per_sample_losses,
                                             plain_objective)
 
-REVERSED = {"above": "below", "below": "above", "left_of": "right_of", "right_of": "left_of"}
+REVERSED = {"above": "below", "below": "above", "left_of": "right_of", "right_of": "left_of",
+            "top": "bottom", "bottom": "top", "left": "right", "right": "left"}  # the last four: PLACES
 # Position scenes of the training split the speedrun never trains on (seed 1, as its loss scenes)
 SCENES = "shapesworld:train?seed=1&n=4096&fresh=false"
+
+
+def scenes_like(train_data: str | None) -> str | None:
+    """Relation-use scenes of the kind a ShapesWorld training stream's position scenes are, when that is not the
+    default kind (`position_pairs=same_shape` or `absolute`); None otherwise (SCENES then stands for the run)."""
+    if not train_data or not is_procedural(train_data):
+        return None
+    pairs = ShapesWorldStream.parse(train_data).position_pairs
+    return None if pairs == "any" else f"{SCENES}&categories=position&position_pairs={pairs}"
 
 
 def position_scenes(source: str, resolution: int, limit: int) -> list[tuple[torch.Tensor, str, str, str]]:
