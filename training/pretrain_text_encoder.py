@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from latentdiff.captionlm import next_token_loss
 from latentdiff.captionlm.layout import LayoutHead, binding, layout_loss, thumbnails
 from latentdiff.data.procedural import ShapesWorldDataset, ShapesWorldStream, image_tensor, is_procedural
-from latentdiff.data.shapes import render, scene_at
+from latentdiff.data.shapes import render
 from latentdiff.eval.relation_use import SCENES, position_scenes, scenes_like
 from latentdiff.presets import build_components, variant
 from latentdiff.training.checkpoint import resume_progress
@@ -107,10 +107,8 @@ class Captions:
         self._thumbs: dict[int, torch.Tensor] = {}  # scene index -> thumbnail (a fixed set repeats its scenes)
 
     def _scene(self, j: int):
-        s = self.dataset.stream
-        index = self.dataset.scene_index(j % s.n, j // s.n)
-        split = s.split if s.split != "both" else ("train", "heldout")[index % 2]
-        return index, scene_at(index, s.seed, split, self.dataset.scene_config)
+        n = self.dataset.stream.n
+        return self.dataset.scene(j % n, j // n)  # (scene index, scene): item j mod n of epoch j // n
 
     def __getitem__(self, j: int) -> str:
         if self.lines is not None:
