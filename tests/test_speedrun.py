@@ -110,6 +110,22 @@ def test_the_machine_is_named_by_its_cpu_model():
     assert cpu_model() and cpu_description().startswith(f"CPU: {cpu_model()}, ")
 
 
+def _cpuinfo(family: int, model: int, flags: str) -> str:
+    block = (f"processor\t: {{i}}\nvendor_id\t: AuthenticAMD\ncpu family\t: {family}\nmodel\t\t: {model}\n"
+             f"model name\t: AMD EPYC\nflags\t\t: fpu sse2 {flags}\n")
+    return "\n".join(block.format(i=i) for i in range(2))
+
+
+def test_two_cpus_of_one_name_are_told_apart_so_the_race_refuses_to_mix_their_minutes():
+    from latentdiff.training.hardware import cpu_model
+
+    zen1 = cpu_model(_cpuinfo(23, 1, "avx fma avx2"))  # the machine that trained 2.2x slower under the same name
+    zen4 = cpu_model(_cpuinfo(25, 17, "avx fma avx2 avx512f avx512bw"))
+    assert zen1 == "AMD EPYC (family 23 model 1, AVX2)"
+    assert zen4 == "AMD EPYC (family 25 model 17, AVX-512)"
+    assert cpu_model("processor\t: 0\nmodel name\t: Some ARM core\n") == "Some ARM core"  # no x86 fields
+
+
 FIRST_RACE = {"attention-low", "text-pretrained", "lr-1e-3"}  # raced against base.yaml (README's first table)
 
 

@@ -9,17 +9,34 @@ import torch
 from accelerate import Accelerator
 
 
-def cpu_model() -> str:
-    """The CPU's model name ("AMD EPYC", "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz"), from /proc/cpuinfo
-    on Linux, else what `platform` knows; two machines with the same core count can differ by 2x in speed."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU as a timing needs it: its model name and, on x86, its family, model and widest vector unit ("AMD
+    EPYC (family 23 model 1, AVX2)", "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz (family 6 model 143,
+    AVX-512)"), from /proc/cpuinfo (or `cpuinfo`, its text) on Linux, else what `platform` knows. The name alone
+    is not enough: two virtual machines both called "AMD EPYC" with 2 cores ran the same training 2.2x apart
+    (a first-generation EPYC, family 23 model 1, against a later one), and the speedrun refuses to mix minutes
+    from machines whose descriptions differ."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():  # the first processor's block is enough: the cores of one VM are alike
+        key, sep, value = line.partition(":")
+        if not sep:
+            if fields:
+                break
+            continue
+        fields.setdefault(key.strip().lower(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" not in fields:
+        return name
+    flags = set(fields.get("flags", "").split())
+    vector = next((label for flag, label in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"))
+                   if flag in flags), "no AVX")
+    return f"{name} (family {fields['cpu family']} model {fields.get('model', '?')}, {vector})"
 
 
 def cpu_description() -> str:
