@@ -119,7 +119,7 @@ def _cpuinfo(family: int, model: int, flags: str) -> str:
 def test_two_cpus_of_one_name_are_told_apart_so_the_race_refuses_to_mix_their_minutes():
     from latentdiff.training.hardware import cpu_model
 
-    zen1 = cpu_model(_cpuinfo(23, 1, "avx fma avx2"))  # the machine that trained 2.2x slower under the same name
+    zen1 = cpu_model(_cpuinfo(23, 1, "avx fma avx2"))  # the machine that trained 2.4x slower under the same name
     zen4 = cpu_model(_cpuinfo(25, 17, "avx fma avx2 avx512f avx512bw"))
     assert zen1 == "AMD EPYC (family 23 model 1, AVX2)"
     assert zen4 == "AMD EPYC (family 25 model 17, AVX-512)"

@@ -13,9 +13,9 @@ def cpu_model(cpuinfo: str | None = None) -> str:
     """The CPU as a timing needs it: its model name and, on x86, its family, model and widest vector unit ("AMD
     EPYC (family 23 model 1, AVX2)", "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz (family 6 model 143,
     AVX-512)"), from /proc/cpuinfo (or `cpuinfo`, its text) on Linux, else what `platform` knows. The name alone
-    is not enough: two virtual machines both called "AMD EPYC" with 2 cores ran the same training 2.2x apart
-    (a first-generation EPYC, family 23 model 1, against a later one), and the speedrun refuses to mix minutes
-    from machines whose descriptions differ."""
+    is not enough: two virtual machines both called "AMD EPYC" with 2 cores ran the same training 2.4x apart
+    (a first-generation EPYC, family 23 model 1, and one whose family was not recorded), and the speedrun
+    refuses to mix minutes from machines whose descriptions differ."""
     if cpuinfo is None:
         try:
             with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
