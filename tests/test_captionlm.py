@@ -143,7 +143,11 @@ def test_layout_pretraining_learns_binds_saves_a_plain_encoder_and_resumes_exact
     full = load_file(tmp_path / "full" / "text_encoder" / "model.safetensors")
     cut = load_file(tmp_path / "cut" / "text_encoder" / "model.safetensors")
     assert full.keys() == cut.keys() and all(torch.equal(full[k], cut[k]) for k in full)  # the head resumed too
-    assert not any("queries" in k or "attention.in_proj" in k for k in full)  # the head is not kept
+    assert not any("queries" in k or "attention.in_proj" in k for k in full)  # the encoder's folder is plain CLIP
+    from latentdiff.captionlm.layout import LayoutHead
+
+    heads = [LayoutHead.from_pretrained(tmp_path / run / "layout_head") for run in ("full", "cut")]  # kept beside it
+    assert heads[0].config.grid == 4 and all(torch.equal(a, b) for a, b in zip(*(h.state_dict().values() for h in heads)))
     main([*common, "--max-steps", "1", "--output-dir", str(tmp_path / "one")])
     summary = json.loads((tmp_path / "full" / "training_summary.json").read_text())
     first = json.loads((tmp_path / "one" / "training_summary.json").read_text())
@@ -158,3 +162,57 @@ def test_layout_needs_pictures_and_a_known_objective_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="--objective must be one of next_token, layout"):
         main(["--captions", "shapesworld:train", "--objective", "mlm", "--output-dir", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+def _layout_run(tmp_path, *extra: str, out: str = "run") -> list[str]:
+    """A tiny from-scratch text-to-image run whose text encoder starts from a layout-pretrained one (lm/)."""
+    from latentdiff import build_pipeline
+    from latentdiff.data.shapes import write_dataset
+
+    if not (tmp_path / "lm").exists():
+        main(["--captions", "shapesworld:train?n=16&fresh=false", "--objective", "layout", "--layout-grid", "4",
+              "--preset", "tiny", "--batch-size", "8", "--max-steps", "2", "--output-dir", str(tmp_path / "lm"),
+              "--report-to", "none", "--text-width", "64", "--text-heads", "4", "--validation-every", "100"])
+        write_dataset(tmp_path / "data", n=8, size=16, seed=0, progress=False)
+        build_pipeline("tiny").vae.save_pretrained(tmp_path / "vae")
+    return ["--preset", "tiny", "--vae", str(tmp_path / "vae"), "--train-data", str(tmp_path / "data"),
+            "--resolution", "16", "--batch-size", "4", "--max-steps", "4", "--output-dir", str(tmp_path / out),
+            "--text-encoder", str(tmp_path / "lm"), "--train-text-encoder", "--validation-steps", "1",
+            "--validation-every", "100", "--checkpoint-every", "2", "--report-to", "none", *extra]
+
+
+def test_the_layout_objective_trains_the_encoder_beside_the_unet_from_the_saved_head_and_resumes_exactly(tmp_path):
+    from latentdiff.captionlm.layout import LayoutHead
+    from latentdiff.training import train_text_to_image as t2i
+    from latentdiff.training.config import parse_config
+
+    argv = _layout_run(tmp_path, "--layout-loss-weight", "1")
+    cfg = parse_config(t2i.TextToImageConfig, argv)
+    encoder = t2i.load_models(cfg)["text_encoder"]
+    head = t2i.layout_head(cfg, encoder)
+    saved = LayoutHead.from_pretrained(tmp_path / "lm" / "layout_head")
+    assert head.config.grid == 4 != cfg.layout_grid  # the saved head's grid, not --layout-grid's default
+    assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(), saved.state_dict().values()))
+    assert t2i.layout_head(parse_config(t2i.TextToImageConfig, _layout_run(tmp_path)), encoder) is None
+
+    t2i.main(argv)
+    t2i.main(_layout_run(tmp_path, "--layout-loss-weight", "1", "--stop-after", "2", out="cut"))
+    t2i.main(_layout_run(tmp_path, "--layout-loss-weight", "1", "--resume", "latest", out="cut"))
+    t2i.main(_layout_run(tmp_path, out="plain"))
+    weights = {run: load_file(tmp_path / run / "pipeline" / "text_encoder" / "model.safetensors")
+               for run in ("run", "cut", "plain")}
+    assert all(torch.equal(weights["run"][k], weights["cut"][k]) for k in weights["run"])  # the head resumed too
+    assert not all(torch.equal(weights["run"][k], weights["plain"][k]) for k in weights["run"])  # the loss counts
+    assert not (tmp_path / "run" / "pipeline" / "layout_head").exists()  # a training aid: not in the model folder
+
+
+def test_the_layout_objective_needs_an_encoder_that_learns(tmp_path):
+    from latentdiff.training import train_text_to_image as t2i
+    from latentdiff.training.config import parse_config
+
+    argv = _layout_run(tmp_path, "--layout-loss-weight", "1")
+    frozen = [a for a in argv if a != "--train-text-encoder"]
+    with pytest.raises(ValueError, match="--layout-loss-weight trains the text encoder"):
+        parse_config(t2i.TextToImageConfig, frozen)
+    with pytest.raises(ValueError, match="--layout-loss-weight must be >= 0"):
+        parse_config(t2i.TextToImageConfig, [*argv, "--layout-loss-weight", "-1"])

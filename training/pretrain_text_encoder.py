@@ -214,12 +214,14 @@ def main(argv: list[str] | None = None) -> None:
     bar.close()
     clock.stop()
 
-    # 5. The final text_encoder/ and tokenizer/ folders (the layout head is not kept), and the run summary
+    # 5. The final text_encoder/ and tokenizer/ folders (for "layout" its head in layout_head/), and the run summary
     if accelerator.is_main_process:
         final = measure(None)
         model = accelerator.unwrap_model(text_encoder).eval()
         model.save_pretrained(out / "text_encoder")
         tokenizer.save_pretrained(out / "tokenizer")
+        if layout:
+            accelerator.unwrap_model(head).save_pretrained(out / "layout_head")
         write_summary(run_summary(accelerator, clock, step=step, first_step=progress["step"],
                                   images_seen=after.images_seen, objective=cfg.objective, **final,
                                   parameters=sum(p.numel() for p in model.parameters())), out)

@@ -28,6 +28,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from tqdm.auto import tqdm
 
+from latentdiff.captionlm.layout import LayoutHead, layout_error, thumbnails
 from latentdiff.data.dataset import DataConfig
 from latentdiff.hub import check_hub_arguments, push_folder
 from latentdiff.loading import load_pipeline
@@ -131,6 +132,10 @@ class TextToImageConfig:
     adam_8bit: bool = False  # bitsandbytes 8-bit AdamW (GPU only)
     max_grad_norm: float = 1.0  # gradient clipping
     train_text_encoder: bool | None = None  # also train the text encoder (LoRA: adapters); default: only from scratch
+    layout_loss_weight: float = 0.0  # > 0: add this times the layout objective (captionlm/layout.py: predict each
+    # picture's thumbnail from its caption's token states) to the loss, training the text encoder to bind words to
+    # places as it learns with the UNet; the head starts from --text-encoder's layout_head/ where it has one
+    layout_grid: int = 8  # the layout objective's thumbnail grid (G x G); a --text-encoder's head brings its own
     lora_rank: int = 0  # > 0: train LoRA adapters of this rank (4 to 16 usual) on the UNet's attention, not all weights
     process: str = "ddpm"  # noise process and its objective: "ddpm" (VP, as Stable Diffusion), "cld", ... (objective.py)
     timestep_sampling: str = "uniform"  # training time density: "uniform", "logit_normal" (SD3) or "speed" (ddpm: SpeeD)
@@ -233,6 +238,12 @@ class TextToImageConfig:
                                      "output folder.")
         if self.train_text_encoder is None:
             self.train_text_encoder = self.pretrained is None and self.text_encoder is None
+        if not self.layout_loss_weight >= 0 or self.layout_grid < 1:
+            raise ValueError(f"--layout-loss-weight must be >= 0 and --layout-grid >= 1, got {self.layout_loss_weight} "
+                             f"and {self.layout_grid}.")
+        if self.layout_loss_weight and not self.train_text_encoder:
+            raise ValueError("--layout-loss-weight trains the text encoder, which this run keeps frozen: add "
+                             "--train-text-encoder, or drop --layout-loss-weight.")
         if self.pretrained is None:
             architecture(self)  # ValueError now for sizes that do not fit, not after loading the data
         check_hub_arguments(self)  # before training, not after: a missing token or repo id fails now
@@ -321,6 +332,23 @@ def architecture(cfg: TextToImageConfig):
                    text_layers=text[0], text_width=text[1], text_heads=text[2], text_model=cfg.text_model)
 
 
+def layout_head(cfg: TextToImageConfig, text_encoder) -> LayoutHead | None:
+    """The head of the auxiliary layout objective (latentdiff/captionlm/layout.py) where --layout-loss-weight > 0:
+    --text-encoder's layout_head/ (written by pretrain_text_encoder --objective layout) where it has one, else a new
+    one of --layout-grid, seeded by --seed. The head is a training aid: the final folder does not keep it."""
+    if not cfg.layout_loss_weight:
+        return None
+    saved = Path(cfg.text_encoder) / "layout_head" if cfg.text_encoder is not None else None
+    if saved is not None and saved.is_dir():
+        head = LayoutHead.from_pretrained(saved, use_safetensors=True)
+        if head.config.width != text_encoder.config.hidden_size:
+            raise ValueError(f"{saved} reads states of width {head.config.width}, but the text encoder's are "
+                             f"{text_encoder.config.hidden_size} wide: give the folder the head was trained with.")
+        return head.train()
+    torch.manual_seed(cfg.seed)
+    return LayoutHead(text_encoder.config.hidden_size, cfg.layout_grid).train()
+
+
 def add_lora(unet: UNet2DConditionModel, text_encoder, rank: int, train_text_encoder: bool) -> None:
     """Freeze the UNet (and the text encoder) and give their attention LoRA adapters (Hu et al. 2022) through peft,
     with B = 0 (each starts as the base model) and alpha = rank; the text encoder's only with `train_text_encoder`
@@ -381,12 +409,18 @@ def main(argv: list[str] | None = None) -> None:
     objective = objective_row(cfg.process).build(parts["process"], cfg)
     frozen_dtype = prepare_models(cfg, accelerator, vae, text_encoder, unet)
     ema = make_ema(unet, accelerator, cfg.ema_decay) if cfg.use_ema and not cfg.lora_rank else None
+    head = layout_head(cfg, text_encoder)  # the auxiliary layout objective's head, or None
+    grid = head.config.grid if head is not None else None  # its thumbnails are (B, 3, grid, grid)
 
     # 2. Optimizer and learning-rate schedule over the trained parameters
     params = [p for p in unet.parameters() if p.requires_grad] + (
-        [p for p in text_encoder.parameters() if p.requires_grad] if cfg.train_text_encoder else [])
+        [p for p in text_encoder.parameters() if p.requires_grad] if cfg.train_text_encoder else []) + (
+        list(head.parameters()) if head is not None else [])
     optimizer, lr_schedule = optimizer_and_schedule(cfg, params)
-    if cfg.train_text_encoder:
+    if head is not None:  # prepared, so that checkpoints hold the head and a resumed run goes on exactly
+        unet, text_encoder, head, optimizer, lr_schedule = accelerator.prepare(unet, text_encoder, head, optimizer,
+                                                                               lr_schedule)
+    elif cfg.train_text_encoder:
         unet, text_encoder, optimizer, lr_schedule = accelerator.prepare(unet, text_encoder, optimizer, lr_schedule)
     else:
         unet, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
@@ -424,6 +458,10 @@ def main(argv: list[str] | None = None) -> None:
             noised = objective.perturb(z0)  # the UNet's input (B, C_in, h, w) and timestep input (B,)
             pred = unet(noised.noisy, noised.timesteps, text).sample  # (B, C, h, w)
             loss = objective.loss(pred, noised)  # (B,)
+            if head is not None:  # the layout objective on the same token states: (B, 3, H, W) -> (B, 3, G, G)
+                thumbs = thumbnails(batch["pixel_values"].to(accelerator.device), grid)
+                layout = layout_error(head, text, thumbs)  # (B,)
+                loss = loss + cfg.layout_loss_weight * layout
             if guard.skip(accelerator, loss, step, optimizer):
                 continue
             accelerator.backward(loss.mean())
@@ -437,7 +475,9 @@ def main(argv: list[str] | None = None) -> None:
         step += 1  # one optimizer step done
         if ema is not None:
             ema.step(unet.parameters())
-        if after(step, epoch, i + 1, loss=loss.mean().item(), lr=lr_schedule.get_last_lr()[0], bad_steps=guard.total):
+        logs = {"layout_loss": layout.mean().item()} if head is not None else {}
+        if after(step, epoch, i + 1, loss=loss.mean().item(), lr=lr_schedule.get_last_lr()[0], bad_steps=guard.total,
+                 **logs):
             break
     bar.close()
     clock.stop()

@@ -13,7 +13,12 @@ colours, in [-1, 1]) from the caption alone:
 
 The best prediction is the caption-conditional mean thumbnail E[avgpool_G(x) | caption], the coarse layout the
 noisiest denoising steps must commit to; to predict it for a relation caption the encoder must bind each colour
-to its side. Only the encoder is kept: the saved folder is a plain CLIPTextModel, as after next-token pretraining.
+to its side. The encoder's folder is a plain CLIPTextModel, as after next-token pretraining; the head is saved
+beside it (`layout_head/`, diffusers' save_pretrained) so that a text-to-image run can keep the objective going.
+
+The same loss serves as an auxiliary objective while the encoder trains jointly with the UNet
+(train_text_to_image's --layout-loss-weight): `layout_error` takes the token states the UNet is given, so the
+encoder runs once per step for both losses.
 
 `binding` measures what the objective is for, on position scenes: the fraction whose thumbnail the head predicts
 better from the true caption than from the same caption with the relation reversed (0.5: no binding).
@@ -23,12 +28,16 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 
-class LayoutHead(nn.Module):
-    """G x G learned queries, one cross-attention over the token states, an MLP to RGB: (B, L, D) -> (B, 3, G, G)."""
+class LayoutHead(ModelMixin, ConfigMixin):
+    """G x G learned queries, one cross-attention over the token states, an MLP to RGB: (B, L, D) -> (B, 3, G, G).
+    Save and load with save_pretrained / from_pretrained (safetensors)."""
 
+    @register_to_config
     def __init__(self, width: int, grid: int = 8, heads: int = 4):
         super().__init__()
         if grid < 1 or width % heads:
@@ -50,12 +59,16 @@ def thumbnails(images: torch.Tensor, grid: int) -> torch.Tensor:
     return F.adaptive_avg_pool2d(images, grid)
 
 
-def layout_loss(text_encoder, head: LayoutHead, input_ids: torch.Tensor, thumbs: torch.Tensor) -> torch.Tensor:
-    """Per-caption mean squared error (B,) of the head's thumbnail predicted from the captions' token states.
-    The encoder runs as the pipeline runs it (no attention mask); causal, its states at real tokens are the same
-    whatever the padding after them."""
-    hidden = text_encoder(input_ids=input_ids).last_hidden_state  # (B, L, D)
+def layout_error(head: LayoutHead, hidden: torch.Tensor, thumbs: torch.Tensor) -> torch.Tensor:
+    """Per-caption mean squared error (B,) of the head's thumbnail from token states `hidden` (B, L, D) against
+    `thumbs` (B, 3, G, G)."""
     return (head(hidden).float() - thumbs.float()).square().flatten(1).mean(1)
+
+
+def layout_loss(text_encoder, head: LayoutHead, input_ids: torch.Tensor, thumbs: torch.Tensor) -> torch.Tensor:
+    """layout_error of the captions' token states. The encoder runs as the pipeline runs it (no attention mask);
+    causal, its states at real tokens are the same whatever the padding after them."""
+    return layout_error(head, text_encoder(input_ids=input_ids).last_hidden_state, thumbs)  # (B,)
 
 
 @torch.no_grad()
