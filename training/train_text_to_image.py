@@ -457,14 +457,14 @@ def main(argv: list[str] | None = None) -> None:
             text = data.text(drop_captions(batch["captions"], cfg.caption_dropout))  # (B, 77, D)
             noised = objective.perturb(z0)  # the UNet's input (B, C_in, h, w) and timestep input (B,)
             pred = unet(noised.noisy, noised.timesteps, text).sample  # (B, C, h, w)
-            loss = objective.loss(pred, noised)  # (B,)
+            loss = total = objective.loss(pred, noised)  # (B,)
             if head is not None:  # the layout objective on the same token states: (B, 3, H, W) -> (B, 3, G, G)
                 thumbs = thumbnails(batch["pixel_values"].to(accelerator.device), grid)
                 layout = layout_error(head, text, thumbs)  # (B,)
-                loss = loss + cfg.layout_loss_weight * layout
-            if guard.skip(accelerator, loss, step, optimizer):
+                total = loss + cfg.layout_loss_weight * layout
+            if guard.skip(accelerator, total, step, optimizer):
                 continue
-            accelerator.backward(loss.mean())
+            accelerator.backward(total.mean())
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> None:
         step += 1  # one optimizer step done
         if ema is not None:
             ema.step(unet.parameters())
-        logs = {"layout_loss": layout.mean().item()} if head is not None else {}
+        logs = {"layout_loss": layout.mean().item()} if head is not None else {}  # ("loss": the denoising loss)
         if after(step, epoch, i + 1, loss=loss.mean().item(), lr=lr_schedule.get_last_lr()[0], bad_steps=guard.total,
                  **logs):
             break
