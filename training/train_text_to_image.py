@@ -413,17 +413,14 @@ def main(argv: list[str] | None = None) -> None:
     grid = head.config.grid if head is not None else None  # its thumbnails are (B, 3, grid, grid)
 
     # 2. Optimizer and learning-rate schedule over the trained parameters
-    params = [p for p in unet.parameters() if p.requires_grad] + (
-        [p for p in text_encoder.parameters() if p.requires_grad] if cfg.train_text_encoder else []) + (
-        list(head.parameters()) if head is not None else [])
+    # (the head is prepared too, so that checkpoints hold it and a resumed run goes on exactly; it exists only
+    # where the text encoder trains)
+    trained = [unet] + ([text_encoder] if cfg.train_text_encoder else []) + ([head] if head is not None else [])
+    params = [p for model in trained for p in model.parameters() if p.requires_grad]
     optimizer, lr_schedule = optimizer_and_schedule(cfg, params)
-    if head is not None:  # prepared, so that checkpoints hold the head and a resumed run goes on exactly
-        unet, text_encoder, head, optimizer, lr_schedule = accelerator.prepare(unet, text_encoder, head, optimizer,
-                                                                               lr_schedule)
-    elif cfg.train_text_encoder:
-        unet, text_encoder, optimizer, lr_schedule = accelerator.prepare(unet, text_encoder, optimizer, lr_schedule)
-    else:
-        unet, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
+    *trained, optimizer, lr_schedule = accelerator.prepare(*trained, optimizer, lr_schedule)
+    unet, text_encoder = trained[0], trained[1] if cfg.train_text_encoder else text_encoder
+    head = trained[2] if head is not None else None
 
     # 3. Data: this rank's shard; VAE latents (and frozen text embeddings) from the on-disk caches
     data = TrainingData(data_config(cfg), accelerator, cfg.batch_size, vae=vae, text_encoder=text_encoder,
